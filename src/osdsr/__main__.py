@@ -1,0 +1,3 @@
+from osdsr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,24 @@
+"""Shared test fixtures: CPU, fixed seeds, the real photographs in ../shared/data when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real photographs (``../shared/data``); tests that need them are skipped elsewhere."""
+    if not (SHARED_DATA / "hr").is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
