@@ -1,0 +1,229 @@
+"""``osdsr upscale``: upscale image files and folders x4 with one model.
+
+Every file is handled on its own: a file that cannot be read, upscaled or written prints one line
+naming it, the rest of the batch still runs, and the command ends with a summary and exit code 1 if
+any file failed. Existing outputs are skipped (not a failure, so a re-run resumes an interrupted
+batch) unless ``--overwrite``. Under ``accelerate launch`` (WORLD_SIZE > 1) each process takes every
+n-th file, so no file is done twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from osdsr.cli import CommandError
+from osdsr.color_fix import COLOR_FIXES
+from osdsr.data.image_io import FORMAT_SUFFIX, IMAGE_FORMATS
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OUTPUT_FORMATS = ("png", "same")
+DEFAULT_TILE = 256  # LR pixels: bounds memory on large photos; smaller images run in one piece
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", type=Path,
+                        help="image files and/or folders (folders: their images, not sub-folders)")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT_DIR",
+                        help="folder for the results (created if missing); names follow the inputs")
+    parser.add_argument("--model", default="default", metavar="NAME|PATH",
+                        help="'default' (the embedded CPU model), 'bicubic', 'lanczos', a model folder "
+                             "(config.json + model.safetensors) or a LoRA .safetensors file (default: %(default)s)")
+    parser.add_argument("--pretrained", type=Path, metavar="DIR",
+                        help="local base-model folder (e.g. SD-2.1 in diffusers layout) that a LoRA file is applied to")
+    parser.add_argument("--steps", type=int, metavar="N",
+                        help="sampling steps for multi-step models (ResShift); one-step models ignore it")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="N",
+                        help="tile side in LR pixels for large images; 0 processes each image in one piece "
+                             "(default: %(default)s)")
+    parser.add_argument("--tile-overlap", type=int, default=32, metavar="N",
+                        help="overlap of neighbouring tiles in LR pixels, blended with Gaussian weights "
+                             "(default: %(default)s)")
+    parser.add_argument("--color-fix", choices=COLOR_FIXES, default="wavelet",
+                        help="correct colours against the bicubic upsample of the input: 'wavelet' (low "
+                             "frequencies), 'adain' (channel mean/std) or 'none' (default: %(default)s)")
+    parser.add_argument("--device", metavar="DEVICE",
+                        help="cpu, cuda, cuda:N or mps (default: cpu; under accelerate launch: each process's device)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                        help="compute precision: fp32 (exact), bf16 (fast on recent CPUs and GPUs), fp16 (GPU only) "
+                             "(default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N",
+                        help="tiles per model call (images are upscaled one after another) (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="seed of the noise of stochastic models, per image (default: %(default)s)")
+    parser.add_argument("--format", choices=OUTPUT_FORMATS, default="png",
+                        help="'png' (lossless; keeps 16-bit and alpha) or 'same' as each input's format "
+                             "(default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing outputs (without it they are skipped and reported; "
+                             "skipping is not a failure)")
+
+
+@dataclass
+class BatchReport:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[Path] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"{len(self.written)} written, {len(self.skipped)} skipped, {len(self.failed)} failed"
+        if self.failed:
+            text += ": " + ", ".join(str(path) for path in self.failed)
+        return text
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from osdsr.data.image_io import load_image, save_image
+    from osdsr.inference import upscale_image
+    from osdsr.model_loading import LoadOptions, load_sr_model
+
+    _check_numbers(args)
+    files, report = collect_inputs(args.inputs)
+    if not files and not report.failed:
+        raise CommandError("no input images found (readable suffixes: " + ", ".join(sorted(IMAGE_FORMATS)) + ")")
+    targets = output_paths(files, args.output, args.format)
+    shared_targets = {t for t, n in Counter(targets.values()).items() if n > 1}
+    device, process_label, files = _distribute(files, args.device)
+    dtype = _check_dtype(args.dtype, device)
+    if args.output.exists() and not args.output.is_dir():
+        raise CommandError(f"{args.output}: exists and is not a folder")
+    args.output.mkdir(parents=True, exist_ok=True)
+
+    options = LoadOptions(steps=args.steps, pretrained=args.pretrained, device=device, dtype=dtype)
+    model = load_sr_model(args.model, options)
+
+    def say(message: str) -> None:
+        tqdm.write(f"osdsr upscale: {process_label}{message}", file=sys.stderr)
+
+    images_bar = tqdm(total=len(files), unit="image", desc="upscale", disable=None)
+    tiles_bar = tqdm(unit="tile", leave=False, disable=None)
+
+    def tile_progress(done: int, total: int) -> None:
+        if tiles_bar.total != total:
+            tiles_bar.reset(total=total)
+        tiles_bar.n = done
+        tiles_bar.refresh()
+
+    for source in files:
+        target = targets[source]
+        try:
+            if target.resolve() == source.resolve():
+                raise ValueError(f"{source}: the output would replace the input; choose another -o folder")
+            if target in shared_targets:
+                raise ValueError(f"{source}: another input also becomes {target.name}; upscale them separately")
+            if target.exists() and not args.overwrite:
+                say(f"skipped {source}: {target} exists (--overwrite replaces it)")
+                report.skipped.append(source)
+                continue
+            image = load_image(source)
+            result = upscale_image(
+                model,
+                image,
+                device=device,
+                tile=args.tile,
+                tile_overlap=args.tile_overlap,
+                color_fix=args.color_fix,
+                generator=torch.Generator().manual_seed(args.seed),
+                batch_size=args.batch_size,
+                dtype=dtype,
+                progress=tile_progress,
+            )
+            save_image(target, result, overwrite=args.overwrite)
+            report.written.append(target)
+        except (ValueError, OSError, RuntimeError) as exc:
+            hint = " (a smaller --tile needs less memory)" if isinstance(exc, torch.OutOfMemoryError) else ""
+            say(f"failed: {exc}{hint}")
+            report.failed.append(source)
+        finally:
+            images_bar.update(1)
+    tiles_bar.close()
+    images_bar.close()
+    print(f"{process_label}{report.summary()}", file=sys.stderr if report.failed else sys.stdout)
+    return 1 if report.failed else 0
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    for name in ("tile", "tile_overlap"):
+        if getattr(args, name) < 0:
+            raise CommandError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.steps is not None and args.steps < 1:
+        raise CommandError(f"--steps must be at least 1, got {args.steps}")
+    if args.tile and args.tile_overlap >= args.tile:
+        raise CommandError(f"--tile-overlap ({args.tile_overlap}) must be smaller than --tile ({args.tile})")
+
+
+def collect_inputs(inputs: list[Path]) -> tuple[list[Path], BatchReport]:
+    """Files named directly plus the images of each folder (sorted, not recursive), without repeats."""
+    files: list[Path] = []
+    report = BatchReport()
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_FORMATS)
+            if not found:
+                print(f"osdsr upscale: {item}: folder has no images", file=sys.stderr)
+            files.extend(found)
+        elif item.is_file():
+            files.append(item)
+        else:
+            print(f"osdsr upscale: failed: {item}: no such file or folder", file=sys.stderr)
+            report.failed.append(item)
+    unique = list(dict.fromkeys(files))
+    return unique, report
+
+
+def output_paths(files: list[Path], out_dir: Path, output_format: str) -> dict[Path, Path]:
+    """Output path of every input: same stem, ``.png`` or (``same``) the input's own suffix."""
+    targets = {}
+    for source in files:
+        suffix = source.suffix.lower()
+        if output_format == "same" and suffix in IMAGE_FORMATS:
+            targets[source] = out_dir / source.name
+        else:
+            targets[source] = out_dir / (source.stem + FORMAT_SUFFIX["PNG"])
+    return targets
+
+
+def _distribute(files: list[Path], device_arg: str | None) -> tuple[torch.device, str, list[Path]]:
+    """(device, message prefix, this process's files): all files locally, every n-th under accelerate."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        device = _parse_device(device_arg) if device_arg else state.device
+        label = f"[process {state.process_index + 1}/{state.num_processes}] "
+        return device, label, files[state.process_index :: state.num_processes]
+    return _parse_device(device_arg or "cpu"), "", files
+
+
+def _parse_device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise CommandError(f"--device {text!r}: expected cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandError(f"--device {text}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CommandError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise CommandError(f"--device {text}: MPS is not available on this machine; use --device cpu")
+    elif device.type != "cpu":
+        raise CommandError(f"--device {text!r}: expected cpu, cuda, cuda:N or mps")
+    return device
+
+
+def _check_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "fp16" and device.type == "cpu":
+        raise CommandError("--dtype fp16 needs a GPU (--device cuda or mps); on CPU use bf16 or fp32")
+    return DTYPES[name]

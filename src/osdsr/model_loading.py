@@ -1,0 +1,137 @@
+"""Turn a model name or a local path into an SR model (``osdsr.models.sr_model.SRModel``).
+
+Accepted:
+- ``bicubic`` / ``lanczos``: the classical baselines;
+- ``default``: the embedded model folder ``weights/default`` (inside the installed package, or at
+  the repository root in a source checkout); bicubic, with a warning, until it exists;
+- a model folder: ``config.json`` with a ``"model_type"`` key, beside ``model.safetensors``;
+- a ``.safetensors`` file whose metadata key ``osdsr_config`` holds the config (an SD-family LoRA
+  export, loaded on top of the local base model given as ``pretrained``).
+The model type picks the loader in ``MODEL_LOADERS``; loaders import their (heavy) modules lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from osdsr.models.classical import CLASSICAL_INTERPOLATIONS, ClassicalUpsampler
+from osdsr.models.sr_model import SRModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+LORA_CONFIG_KEY = "osdsr_config"  # safetensors metadata key of an exported LoRA file
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load: sampling steps (multi-step models), base model folder, device and dtype."""
+
+    steps: int | None = None
+    pretrained: Path | None = None  # local base-model folder (e.g. SD-2.1 diffusers layout) for LoRA files
+    device: torch.device | str = "cpu"
+    dtype: torch.dtype = torch.float32
+
+
+def _load_sd(path: Path, options: LoadOptions) -> SRModel:
+    from osdsr.models.sd_generator import load_sd_sr_model
+
+    return load_sd_sr_model(path, options)
+
+
+def _load_resshift(path: Path, options: LoadOptions) -> SRModel:
+    from osdsr.models.resshift_sr import load_resshift_sr_model
+
+    return load_resshift_sr_model(path, options)
+
+
+# model_type (from config.json or the LoRA metadata) -> loader(path, options)
+MODEL_LOADERS: dict[str, Callable[[Path, LoadOptions], SRModel]] = {
+    "d3sr": _load_sd,
+    "dfosd": _load_sd,
+    "sd-onestep": _load_sd,
+    "resshift": _load_resshift,
+    "sinsr": _load_resshift,
+    "tadsr": _load_resshift,
+    "tddsr": _load_resshift,
+}
+
+
+def default_model_dir() -> Path | None:
+    """The embedded model folder: packaged ``osdsr/weights/default`` first, then the repository's."""
+    packaged = Path(str(resources.files("osdsr"))) / "weights" / DEFAULT_MODEL
+    repository = Path(__file__).resolve().parents[2] / "weights" / DEFAULT_MODEL
+    for folder in (packaged, repository):
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def load_sr_model(name_or_path: str | Path, options: LoadOptions | None = None) -> SRModel:
+    """Load a classical baseline, the embedded default model, a model folder or a LoRA file."""
+    options = options or LoadOptions()
+    name = str(name_or_path)
+    if name in CLASSICAL_INTERPOLATIONS:
+        return ClassicalUpsampler(name).to(options.device)
+    if name == DEFAULT_MODEL:
+        folder = default_model_dir()
+        if folder is None:
+            logger.warning("the embedded default model is not installed (weights/default): using bicubic")
+            return ClassicalUpsampler("bicubic").to(options.device)
+        return load_sr_model(folder, options)
+    path = Path(name_or_path)
+    model_type = read_model_type(path)
+    if model_type not in MODEL_LOADERS:
+        raise ValueError(f"{path}: unknown model_type {model_type!r}; known: {sorted(MODEL_LOADERS)}")
+    logger.info("loading %s model from %s", model_type, path)
+    return MODEL_LOADERS[model_type](path, options)
+
+
+def read_model_type(path: Path) -> str:
+    """The ``model_type`` of a model folder or of a LoRA ``.safetensors`` file, with clear errors."""
+    if path.is_dir():
+        config_path, weights_path = path / "config.json", path / "model.safetensors"
+        for required in (config_path, weights_path):
+            if not required.is_file():
+                raise FileNotFoundError(f"{path}: not a model folder ({required.name} is missing)")
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{config_path}: not valid JSON ({exc.msg}, line {exc.lineno}); fix or re-export it") from None
+        source = str(config_path)
+    elif path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: not a model; give a model folder, a .safetensors file, or bicubic/lanczos/default")
+        config = _lora_metadata(path)
+        source = f"{path} (metadata {LORA_CONFIG_KEY})"
+    else:
+        raise FileNotFoundError(
+            f"{path}: no such model; give a model folder, a .safetensors file, or one of "
+            f"{sorted([*CLASSICAL_INTERPOLATIONS, DEFAULT_MODEL])}"
+        )
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise ValueError(f"{source}: no \"model_type\" key; the file was not written by osdsr export/train")
+    return config["model_type"]
+
+
+def _lora_metadata(path: Path) -> object:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for damaged headers
+        raise ValueError(f"{path}: not a readable safetensors file ({exc}); re-export or re-download it") from None
+    if LORA_CONFIG_KEY not in metadata:
+        raise ValueError(f"{path}: no {LORA_CONFIG_KEY!r} metadata; export it with 'osdsr export'")
+    try:
+        return json.loads(metadata[LORA_CONFIG_KEY])
+    except json.JSONDecodeError:
+        raise ValueError(f"{path}: {LORA_CONFIG_KEY!r} metadata is not valid JSON; re-export the file") from None
