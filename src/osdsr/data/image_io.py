@@ -253,8 +253,7 @@ def _to_pil(image: LoadedImage, bit_depth: int) -> Image.Image:
             return Image.fromarray(_quantize(image.pixels[..., 0], 16))
         logger.warning("16-bit gray with alpha is written with 8 bits per sample (Pillow has no such mode)")
     samples = _quantize(_with_alpha(image), 8)
-    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[samples.shape[2]]
-    return Image.fromarray(samples, mode=mode)
+    return Image.fromarray(samples[..., 0] if samples.shape[2] == 1 else samples)  # L, LA, RGB or RGBA
 
 
 def _save_options(fmt: str, icc_profile: bytes | None) -> dict:
