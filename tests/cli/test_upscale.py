@@ -1,0 +1,148 @@
+"""``osdsr upscale`` end to end (bicubic model): batches survive bad files, nothing is overwritten."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from osdsr import __version__
+from osdsr.cli import main
+from osdsr.commands import upscale as upscale_command
+from osdsr.models.classical import bicubic_upsample
+
+
+def _rgb(height: int = 10, width: int = 13, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8)
+
+
+def _upscale(*args: str | Path) -> int:
+    return main(["upscale", "--model", "bicubic", *map(str, args)])
+
+
+@pytest.fixture
+def good_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_rgb(seed=1)).save(folder / "photo.jpg", quality=95)
+    Image.fromarray(_rgb(7, 9, seed=2)).save(folder / "odd.png")
+    (folder / "readme.txt").write_text("not an image, and not picked up from a folder")
+    return folder
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"osdsr {__version__}"
+
+
+def test_folder_end_to_end(good_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert _upscale(good_folder, "-o", out, "--color-fix", "none") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["odd.png", "photo.png"]
+    with Image.open(out / "odd.png") as result:
+        assert result.size == (36, 28) and result.mode == "RGB"
+        lr = torch.from_numpy(_rgb(7, 9, seed=2)).permute(2, 0, 1)[None].float() / 255
+        expected = bicubic_upsample(lr).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255
+        assert np.abs(np.asarray(result).astype(np.float32) - expected).max() <= 0.5 + 1e-3
+    assert "2 written, 0 skipped, 0 failed" in capsys.readouterr().out
+
+
+def test_bad_files_fail_one_by_one(good_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "text.png").write_text("hello")
+    jpeg = io.BytesIO()
+    Image.fromarray(_rgb(64, 64)).save(jpeg, format="JPEG")
+    (bad / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (bad / "corrupt.jpg").write_bytes(np.random.default_rng(0).bytes(500))
+    out = tmp_path / "out"
+    code = _upscale(bad, good_folder / "photo.jpg", tmp_path / "missing.png", "-o", out)
+    captured = capsys.readouterr()
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["photo.png"]
+    for name in ("empty.png", "text.png", "truncated.jpg", "corrupt.jpg", "missing.png"):
+        lines = [line for line in captured.err.splitlines() if name in line and "failed" in line]
+        assert len(lines) >= 1, name
+    assert "1 written, 0 skipped, 5 failed" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_existing_output_is_skipped_unless_overwrite(
+    good_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "photo.png").write_bytes(b"keep me")
+    assert _upscale(good_folder / "photo.jpg", "-o", out) == 0
+    assert (out / "photo.png").read_bytes() == b"keep me"
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "0 written, 1 skipped, 0 failed" in captured.out
+    assert _upscale(good_folder / "photo.jpg", "-o", out, "--overwrite") == 0
+    with Image.open(out / "photo.png") as result:
+        assert result.size == (52, 40)
+
+
+def test_output_never_replaces_input(good_folder: Path) -> None:
+    before = (good_folder / "odd.png").read_bytes()
+    code = _upscale(good_folder / "odd.png", "-o", good_folder, "--format", "same", "--overwrite")
+    assert code == 1 and (good_folder / "odd.png").read_bytes() == before
+
+
+def test_special_modes_survive(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((6, 5)) * 65535).astype(np.uint16)).save(src / "deep.png")
+    Image.fromarray((np.random.default_rng(1).random((6, 5, 4)) * 255).astype(np.uint8)).save(src / "alpha.png")
+    Image.fromarray(_rgb()[..., 0]).save(src / "gray.png")
+    Image.fromarray(_rgb()).convert("CMYK").save(src / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 degrees counter-clockwise for display
+    Image.fromarray(_rgb(10, 13)).save(src / "rotated.jpg", exif=exif)
+    out = tmp_path / "out"
+    assert _upscale(src, "-o", out, "--format", "same") == 0
+    modes = {}
+    for path in out.iterdir():
+        with Image.open(path) as image:
+            modes[path.name] = (image.mode, image.size)
+    assert modes["deep.png"] == ("I;16", (20, 24))
+    assert modes["alpha.png"] == ("RGBA", (20, 24))
+    assert modes["gray.png"] == ("L", (52, 40))
+    assert modes["cmyk.jpg"] == ("RGB", (52, 40))
+    assert modes["rotated.jpg"] == ("RGB", (40, 52))
+
+
+def test_fp16_on_cpu_is_a_clear_error(good_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _upscale(good_folder, "-o", tmp_path / "out", "--dtype", "fp16") == 2
+    err = capsys.readouterr().err.strip()
+    assert "fp16" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_images_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty_dir").mkdir()
+    assert _upscale(tmp_path / "empty_dir", "-o", tmp_path / "out") == 2
+    assert "no input images" in capsys.readouterr().err
+
+
+def test_processes_split_the_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under accelerate (WORLD_SIZE > 1) every file goes to exactly one process."""
+    import accelerate
+
+    files = [Path(f"{i}.png") for i in range(7)]
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    shares = []
+    for rank in range(3):
+        state = SimpleNamespace(process_index=rank, num_processes=3, device=torch.device("cpu"))
+        monkeypatch.setattr(accelerate, "PartialState", lambda state=state: state)
+        device, label, mine = upscale_command._distribute(files, None)
+        assert device.type == "cpu" and label == f"[process {rank + 1}/3] "
+        shares.extend(mine)
+    assert sorted(shares) == sorted(files) and len(shares) == len(files)
