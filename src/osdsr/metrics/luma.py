@@ -28,7 +28,8 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
     unit = image.astype(np.float64)
     if unit.size and (unit.min() < 0.0 or unit.max() > 1.0):
         raise ValueError(
-            f"float images must lie in [0, 1], got values in [{unit.min():.4g}, {unit.max():.4g}]; clip or rescale first"
+            f"float images must lie in [0, 1], got values in [{unit.min():.4g}, {unit.max():.4g}]; "
+            "clip or rescale first"
         )
     return unit
 
