@@ -2,10 +2,11 @@
 
 Times ``degrade`` on a batch of real HR crops (from ``../shared/data/hr``; 256x256, and 64x64 as a
 training-crop figure) for each preset: best and median of ``--repeats`` runs, since other processes
-sharing the CPU slow single runs down (the load average is recorded). Writes ``benchmarks/out/degradation_speed.{json,md}`` and ``benchmarks/out/degradation_contact_sheet.png``
+sharing the CPU slow single runs down (the load average is recorded). Writes
+``benchmarks/out/degradation_speed.{json,md}`` and ``benchmarks/out/degradation_contact_sheet.png``
 (each row: HR crop | its Real-ESRGAN LR | its mild LR, the LRs bicubic-upsampled x4).
 
-    python3 benchmarks/degradation_speed.py [--threads N] [--repeats 3]
+    python3 benchmarks/degradation_speed.py [--threads N] [--repeats 5]
 """
 
 from __future__ import annotations

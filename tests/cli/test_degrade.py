@@ -66,7 +66,9 @@ def test_refuses_to_overwrite_without_flag(hr_dir: Path, tmp_path: Path, capsys:
     assert json.loads((out / "degradation.json").read_text())["seed"] == 2
 
 
-def test_bad_file_is_reported_and_the_rest_continue(hr_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_file_is_reported_and_the_rest_continue(
+    hr_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     (hr_dir / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "out"
     assert main(["degrade", str(hr_dir), str(out), "--seed", "1", "--crop", "32"]) == 1

@@ -216,7 +216,8 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_FORMATS):
         if path.stem in files:
-            raise ValueError(f"{folder}: two images share the name {path.stem!r} ({files[path.stem].name}, {path.name})")
+            clash = f"{files[path.stem].name}, {path.name}"
+            raise ValueError(f"{folder}: two images share the name {path.stem!r} ({clash}); rename one")
         files[path.stem] = path
     return files
 

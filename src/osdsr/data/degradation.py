@@ -244,7 +244,8 @@ def apply_degradation(hr: torch.Tensor, params: dict[str, Any], scale: int = 4) 
         if stage["blur"] is not None:
             out = _blur(out, blur_kernel(stage["blur"]).to(out))
         reference = out.shape[-2:] if stage["resize"]["reference"] == "current" else lr_size
-        size = (max(1, int(reference[0] * stage["resize"]["factor"])), max(1, int(reference[1] * stage["resize"]["factor"])))
+        factor = stage["resize"]["factor"]
+        size = (max(1, int(reference[0] * factor)), max(1, int(reference[1] * factor)))
         out = _resize(out, size, stage["resize"]["mode"])
         out = _add_noise(out, stage["noise"])
         if stage["jpeg"] is not None:
@@ -331,7 +332,8 @@ def _sample_gaussian_kernel(stage: StageConfig, generator: torch.Generator) -> d
     if kind.startswith(("generalized", "plateau")):
         low, high = stage.betag_range if kind.startswith("generalized") else stage.betap_range
         # Real-ESRGAN: beta below or above 1 with probability 1/2 each
-        blur["beta"] = _uniform(generator, low, 1.0) if _uniform(generator, 0.0, 1.0) < 0.5 else _uniform(generator, 1.0, high)
+        below_one = _uniform(generator, 0.0, 1.0) < 0.5
+        blur["beta"] = _uniform(generator, low, 1.0) if below_one else _uniform(generator, 1.0, high)
     return blur
 
 
