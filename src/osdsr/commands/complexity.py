@@ -1,0 +1,36 @@
+"""``osdsr complexity METHOD``: parameters and MACs per image of a method's full-size model.
+
+The model is built on the ``meta`` device, so even the 1B-parameter SD generator takes no memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from osdsr.complexity import COMPLEXITY_BUILDERS, as_json, format_table, method_complexity
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("method", choices=sorted(COMPLEXITY_BUILDERS), help="method whose generator is measured")
+    parser.add_argument("--size", type=int, default=512, metavar="N",
+                        help="output (HR) image side in pixels, as in the papers' tables (default: %(default)s)")
+    parser.add_argument("--json", action="store_true",
+                        help='print {"parts": {NAME: {"params", "trainable", "macs"}}, "total": {...}} as JSON')
+    parser.add_argument("--train", action="store_true",
+                        help="count one training step (forward + backward) instead of inference (forward)")
+    parser.add_argument("--layers-only", action="store_true",
+                        help="count only convolutions and linear layers, as the papers' module-hook counters "
+                             "(thop, ptflops) do; leaves out attention's QK^T and AV products")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = method_complexity(args.method, args.size, train=args.train, layers_only=args.layers_only)
+    if args.json:
+        print(json.dumps(as_json(report), indent=2))
+        return 0
+    what = "training step (forward + backward)" if args.train else "inference (forward)"
+    convention = "convolutions and linear layers only" if args.layers_only else "all matrix products"
+    print(f"{args.method}: {args.size}x{args.size} output, MACs of one {what}, {convention}")
+    print(format_table(report))
+    return 0
