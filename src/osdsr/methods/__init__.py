@@ -1,1 +1,27 @@
+"""Training methods: each builds its networks and loss terms from its config for the one trainer.
 
+``METHODS`` maps the ``method:`` field of a config file to (config dataclass, method builder).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def _d3sr() -> tuple[type, Callable[[Any], Any]]:
+    from osdsr.methods.d3sr import D3SRConfig, D3SRMethod
+
+    return D3SRConfig, D3SRMethod
+
+
+# method name -> loader returning (config class, builder); loaders import lazily (diffusers is slow to import)
+METHODS: dict[str, Callable[[], tuple[type, Callable[[Any], Any]]]] = {
+    "d3sr": _d3sr,
+    "dfosd": _d3sr,
+}
+
+
+def resolve_method(name: str) -> tuple[type, Callable[[Any], Any]]:
+    if name not in METHODS:
+        raise ValueError(f"config: unknown method {name!r}; known: {sorted(METHODS)}")
+    return METHODS[name]()

@@ -91,6 +91,7 @@ class SDGeneratorConfig:
     unet: dict[str, Any] | None = None  # UNet2DConditionModel kwargs when not pretrained
     vae: dict[str, Any] | None = None  # AutoencoderKL kwargs when not pretrained and autoencoder == "kl"
     autoencoder: Literal["kl", "pixel_unshuffle"] = "kl"
+    unshuffle_factor: int = 8  # latent stride of the pixel_unshuffle autoencoder (8 = SD's f8 grid)
     scheduler: dict[str, Any] | None = None  # DDPM scheduler config when not pretrained
     timestep: int = 999  # T_L, the fixed intermediate step (D3SR Eq. 1)
     prompt_embedding: Literal["fixed", "learnable"] = "fixed"  # D3SR: fixed; DFOSD: learnable
@@ -242,7 +243,7 @@ def build_sd_generator(config: SDGeneratorConfig, device: torch.device | str | N
         with torch.device(device or "cpu"):
             unet = UNet2DConditionModel(**_architecture(unet_cfg))
             vae = AutoencoderKL(**_architecture(vae_cfg)) if vae_cfg is not None else None
-    autoencoder: nn.Module = vae if vae is not None else PixelUnshuffleAutoencoder(factor=SCALE)
+    autoencoder: nn.Module = vae if vae is not None else PixelUnshuffleAutoencoder(factor=config.unshuffle_factor)
     if config.lora is not None:
         with torch.device(device or "cpu"):
             add_lora(unet, config.lora)

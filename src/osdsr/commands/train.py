@@ -1,0 +1,74 @@
+"""``osdsr train CONFIG``: train any method from its YAML config on the one trainer."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from osdsr.cli import CommandError
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="YAML config (configs/<method>-<size>.yaml); 'method:' picks the method")
+    parser.add_argument("--output", type=Path, help="run folder for checkpoints, logs and the exported model (default: runs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (overrides trainer.max_steps)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config field, e.g. --set loss.perceptual=dists --set discriminator.kind=none (repeatable)",
+    )
+    parser.add_argument("--no-export", action="store_true", help="do not export the final model")
+
+
+def load_run_config(path: Path, overrides: list[str]) -> object:
+    """The typed config of the method named in the YAML file, with overrides applied."""
+    from osdsr.config import apply_overrides, from_dict, read_yaml
+    from osdsr.methods import resolve_method
+
+    data = apply_overrides(read_yaml(path), overrides)
+    if "method" not in data:
+        raise ValueError(f"{path}: missing 'method:' (one of d3sr, dfosd, resshift, sinsr, tadsr, tddsr)")
+    config_cls, _ = resolve_method(data["method"])
+    return from_dict(config_cls, data)
+
+
+def run(args: argparse.Namespace) -> int:
+    from osdsr.config import to_dict
+    from osdsr.methods import resolve_method
+    from osdsr.train import Trainer, TrainingDiverged, list_checkpoints
+    from osdsr.weights_io import atomic_write_json
+
+    config = load_run_config(args.config, args.overrides)
+    if args.max_steps is not None:
+        if args.max_steps < 1:
+            raise CommandError(f"--max-steps {args.max_steps}: must be at least 1")
+        config = dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, max_steps=args.max_steps))
+    output = args.output or Path("runs") / args.config.stem
+    if list_checkpoints(output / "checkpoints") and not args.resume:
+        raise CommandError(f"{output}: holds checkpoints of an earlier run; pass --resume to continue it or choose another --output")
+    _, build = resolve_method(config.method)
+    with torch.random.fork_rng():  # weight init draws from the global RNG: make it a function of the seed
+        torch.manual_seed(config.trainer.seed)
+        method = build(config)
+    trainer = Trainer(method, config, config.trainer, config.data, output)
+    if trainer.accelerator.is_main_process:
+        atomic_write_json(to_dict(config), output / "train_config.json")
+    if args.resume and not trainer.resume():
+        logger.info("no checkpoint in %s: starting from step 0", output / "checkpoints")
+    try:
+        last = trainer.train()
+    except TrainingDiverged as exc:
+        raise CommandError(str(exc)) from None
+    if not args.no_export:
+        exported = trainer.export()
+        if exported is not None:
+            print(f"exported {exported}")
+    if last:
+        print("final: " + ", ".join(f"{k}={v:.5g}" for k, v in last.items()))
+    return 0

@@ -1,0 +1,428 @@
+"""The one training loop for every method, on ``accelerate``.
+
+A method (``osdsr.methods.<name>``) builds its networks and defines its loss terms; this loop owns
+everything else: data and on-the-fly degradation, optimisers, gradient accumulation, mixed precision,
+EMA of the generator, atomic checkpoints and exact resume, the NaN guard, validation and logging.
+
+Randomness is stateless per step: the batch of micro-step ``k`` on process ``r`` is fully determined
+by ``(seed, k, r)`` (dataset items by index, degradation and method noise by a generator seeded from
+the same triple). Resuming from a checkpoint at step ``k`` therefore replays exactly the same losses
+as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+
+from osdsr.config import to_dict
+from osdsr.weights_io import atomic_path, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})\.pt$")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    path: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class DegradationMixConfig:
+    preset: str = "realesrgan"  # a name in osdsr.data.degradation.DEGRADATION_PRESETS
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sources: tuple[SourceConfig, ...] = (SourceConfig("../shared/data/hr"),)
+    exclude_list: str | None = None  # a text file of held-out file names never used for training
+    crop_size: int = 256  # HR crop
+    degradations: tuple[DegradationMixConfig, ...] = (DegradationMixConfig(),)
+    augment: bool = True
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    lr_dir: str | None = None  # LR/HR pairs, e.g. written by `osdsr degrade`
+    hr_dir: str | None = None
+    every: int = 0  # steps; 0 = never
+    max_images: int = 4
+    save_images: int = 2
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    max_steps: int = 1000
+    batch_size: int = 8  # per process and micro-step
+    gradient_accumulation_steps: int = 1
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 0
+    ema_decay: float = 0.0  # 0 disables the EMA
+    grad_clip: float | None = 1.0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    tensorboard: bool = False
+    num_threads: int | None = None  # torch CPU threads; None = torch's default
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+
+class Method(Protocol):
+    """What a method gives the trainer (see ``osdsr.methods``)."""
+
+    generator: nn.Module
+    discriminator: nn.Module | None
+
+    def optimizers(self, generator: nn.Module, discriminator: nn.Module | None) -> dict[str, torch.optim.Optimizer]:
+        """``{"generator": ..., "discriminator": ...}`` over the (prepared) modules' trainable parameters."""
+
+    def generator_losses(
+        self, batch: dict[str, torch.Tensor], generator: nn.Module, discriminator: nn.Module | None, rng: torch.Generator
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Weighted loss terms (summed by the trainer) and tensors the discriminator step reuses."""
+
+    def discriminator_losses(
+        self, batch: dict[str, torch.Tensor], cache: dict[str, torch.Tensor], discriminator: nn.Module, rng: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Weighted discriminator loss terms."""
+
+    def export(self, generator: nn.Module, path: Path) -> Path:
+        """Write the trained generator as a model that ``osdsr upscale --model`` loads."""
+
+    def sr_model(self, generator: nn.Module) -> Any:
+        """An SR model (``osdsr.models.sr_model``) around the generator, for validation."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class EMA:
+    """Exponential moving average of a module's trainable parameters."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for name, param in module.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(param.detach(), 1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module) -> None:
+        params = dict(module.named_parameters())
+        for name, value in self.shadow.items():
+            params[name].copy_(value)
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """The generator for micro-step ``step`` on process ``rank``: a pure function of the triple."""
+    rng = torch.Generator(device=device)
+    rng.manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+    return rng
+
+
+def batch_indices(step: int, rank: int, world: int, batch_size: int) -> list[int]:
+    """Dataset indices of micro-step ``step`` on process ``rank``: disjoint across processes and steps."""
+    start = (step * world + rank) * batch_size
+    return list(range(start, start + batch_size))
+
+
+def read_exclude_list(path: str | None) -> tuple[str, ...]:
+    if path is None:
+        return ()
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: held-out list not found")
+    lines = (line.split("#", 1)[0].strip() for line in file.read_text().splitlines())
+    return tuple(line for line in lines if line)
+
+
+class TrainingData:
+    """HR crops by index, degraded on the fly into (lr, hr) batches."""
+
+    def __init__(self, config: DataConfig, seed: int, scale: int = 4) -> None:
+        from osdsr.data.datasets import HRImageDataset, ImageSource
+        from osdsr.data.degradation import DEGRADATION_PRESETS
+
+        unknown = [d.preset for d in config.degradations if d.preset not in DEGRADATION_PRESETS]
+        if unknown:
+            raise ValueError(f"data.degradations: unknown preset(s) {unknown}; known: {sorted(DEGRADATION_PRESETS)}")
+        if config.crop_size % scale:
+            raise ValueError(f"data.crop_size {config.crop_size} must be a multiple of the scale {scale}")
+        self.presets = [(DEGRADATION_PRESETS[d.preset], d.weight) for d in config.degradations]
+        self.dataset = HRImageDataset(
+            [ImageSource(s.path, s.weight) for s in config.sources],
+            config.crop_size,
+            seed=seed,
+            length=2**62,
+            augment=config.augment,
+            exclude=read_exclude_list(config.exclude_list),
+        )
+        self.scale = scale
+
+    def batch(self, indices: list[int], rng: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+        from osdsr.data.degradation import degrade
+
+        hr = torch.stack([self.dataset[i]["hr"] for i in indices]).to(device)
+        lr = degrade(hr, self.presets, rng, scale=self.scale).lr
+        return {"lr": lr, "hr": hr}
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return sorted(found)
+
+
+class Trainer:
+    """Runs a method for ``trainer.max_steps`` optimiser steps, resumably."""
+
+    def __init__(self, method: Method, run_config: Any, trainer: TrainerConfig, data: DataConfig, output: Path) -> None:
+        from accelerate import Accelerator
+
+        if trainer.num_threads:
+            torch.set_num_threads(trainer.num_threads)
+        self.method = method
+        self.run_config = run_config
+        self.config = trainer
+        self.output = Path(output)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=trainer.gradient_accumulation_steps,
+            mixed_precision=trainer.mixed_precision,
+        )
+        self.data = TrainingData(data, trainer.seed)
+        generator = method.generator
+        discriminator = method.discriminator
+        optimizers = method.optimizers(generator, discriminator)
+        prepared = self.accelerator.prepare(generator, *([discriminator] if discriminator is not None else []))
+        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+        self.generator = prepared[0]
+        self.discriminator = prepared[1] if discriminator is not None else None
+        self.optimizers = {k: self.accelerator.prepare(v) for k, v in optimizers.items()}
+        self.ema = EMA(self.unwrapped_generator, trainer.ema_decay) if trainer.ema_decay > 0 else None
+        self.step = 0  # completed optimiser steps
+        self.log_file = self.output / "log.csv"
+        self._tensorboard = None
+
+    @property
+    def unwrapped_generator(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.generator)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output / "checkpoints"
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return None
+        state: dict[str, Any] = {
+            "step": self.step,
+            "generator": self.unwrapped_generator.state_dict(),
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+        }
+        if self.discriminator is not None:
+            state["discriminator"] = self.accelerator.unwrap_model(self.discriminator).state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.shadow
+        path = self.checkpoint_dir / f"step-{self.step:08d}.pt"
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        for _, old in list_checkpoints(self.checkpoint_dir)[: -self.config.keep_checkpoints]:
+            old.unlink()
+        logger.info("checkpoint %s", path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.unwrapped_generator.load_state_dict(state["generator"])
+        if self.discriminator is not None:
+            self.accelerator.unwrap_model(self.discriminator).load_state_dict(state["discriminator"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        if self.ema is not None:
+            self.ema.shadow = {k: v.to(self.accelerator.device) for k, v in state["ema"].items()}
+        self.step = int(state["step"])
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    def resume(self) -> bool:
+        found = list_checkpoints(self.checkpoint_dir)
+        if not found:
+            return False
+        self.load_checkpoint(found[-1][1])
+        return True
+
+    # ---- logging -----------------------------------------------------------------------------
+    def _log(self, row: dict[str, float]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        self.output.mkdir(parents=True, exist_ok=True)
+        new = not self.log_file.exists()
+        if not new:
+            with self.log_file.open() as f:
+                header = next(csv.reader(f), [])
+            if header != list(row):
+                new = True
+                self.log_file.rename(self.log_file.with_suffix(f".{int(time.time())}.csv"))
+        with self.log_file.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.config.tensorboard:
+            if self._tensorboard is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tensorboard = SummaryWriter(str(self.output / "tensorboard"))
+            for key, value in row.items():
+                if key != "step":
+                    self._tensorboard.add_scalar(key, value, int(row["step"]))
+
+    # ---- one optimiser step --------------------------------------------------------------------
+    def _micro_step(self, micro: int) -> dict[str, float]:
+        acc = self.accelerator
+        rng = step_generator(self.config.seed, micro, acc.process_index, acc.device)
+        indices = batch_indices(micro, acc.process_index, acc.num_processes, self.config.batch_size)
+        batch = self.data.batch(indices, rng, acc.device)
+        logs: dict[str, float] = {}
+        with acc.accumulate(self.generator):
+            with acc.autocast():
+                terms, cache = self.method.generator_losses(batch, self.generator, self.discriminator, rng)
+                loss = sum(terms.values())
+            self._check_finite("generator", terms)
+            acc.backward(loss)
+            if acc.sync_gradients and self.config.grad_clip:
+                acc.clip_grad_norm_(self.generator.parameters(), self.config.grad_clip)
+            self.optimizers["generator"].step()
+            self.optimizers["generator"].zero_grad(set_to_none=True)
+        logs.update({f"g/{k}": float(v.detach()) for k, v in terms.items()})
+        if self.discriminator is not None:
+            with acc.accumulate(self.discriminator):
+                with acc.autocast():
+                    d_terms = self.method.discriminator_losses(batch, cache, self.discriminator, rng)
+                    d_loss = sum(d_terms.values())
+                self._check_finite("discriminator", d_terms)
+                acc.backward(d_loss)
+                if acc.sync_gradients and self.config.grad_clip:
+                    acc.clip_grad_norm_(self.discriminator.parameters(), self.config.grad_clip)
+                self.optimizers["discriminator"].step()
+                self.optimizers["discriminator"].zero_grad(set_to_none=True)
+            logs.update({f"d/{k}": float(v.detach()) for k, v in d_terms.items()})
+        return logs
+
+    def _check_finite(self, which: str, terms: dict[str, torch.Tensor]) -> None:
+        bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
+        if bad:
+            last = list_checkpoints(self.checkpoint_dir)
+            kept = last[-1][1] if last else "none yet"
+            raise TrainingDiverged(
+                f"{which} loss {bad} became NaN/inf at step {self.step + 1}; stopped, last good checkpoint: {kept}"
+            )
+
+    def train(self, max_steps: int | None = None, progress: bool = True) -> dict[str, float]:
+        """Train up to ``max_steps`` (default: the config's); returns the last logged values."""
+        from tqdm import tqdm
+
+        total = max_steps if max_steps is not None else self.config.max_steps
+        accum = self.config.gradient_accumulation_steps
+        bar = tqdm(
+            total=total, initial=self.step, desc="train", disable=not (progress and self.accelerator.is_main_process)
+        )
+        last: dict[str, float] = {}
+        running: dict[str, list[float]] = {}
+        start = time.time()
+        self.generator.train()
+        while self.step < total:
+            for k in range(accum):
+                logs = self._micro_step(self.step * accum + k)
+                for key, value in logs.items():
+                    running.setdefault(key, []).append(value)
+            if self.ema is not None:
+                self.ema.update(self.unwrapped_generator)
+            self.step += 1
+            bar.update(1)
+            if self.step % self.config.log_every == 0 or self.step == total:
+                last = {"step": self.step, **{k: sum(v) / len(v) for k, v in running.items()}}
+                last["seconds"] = round(time.time() - start, 3)
+                running = {}
+                self._log(last)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k.startswith("g/")})
+            if self.config.validation.every and self.step % self.config.validation.every == 0:
+                self.validate()
+            if self.step % self.config.checkpoint_every == 0 or self.step == total:
+                self.save_checkpoint()
+        bar.close()
+        return last
+
+    # ---- validation and export -----------------------------------------------------------------
+    def _generator_for_export(self) -> nn.Module:
+        """The unwrapped generator with EMA weights swapped in (a copy: training weights untouched)."""
+        import copy
+
+        generator = copy.deepcopy(self.unwrapped_generator)
+        if self.ema is not None:
+            self.ema.copy_to(generator)
+        return generator.eval()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        from osdsr.validation import validate_folder
+
+        cfg = self.config.validation
+        if cfg.lr_dir is None or cfg.hr_dir is None or not self.accelerator.is_main_process:
+            return {}
+        model = self.method.sr_model(self._generator_for_export())
+        out_dir = self.output / "validation" / f"step-{self.step:08d}"
+        metrics = validate_folder(model, Path(cfg.lr_dir), Path(cfg.hr_dir), out_dir, cfg.max_images, cfg.save_images)
+        self._log_validation(metrics)
+        self.generator.train()
+        return metrics
+
+    def _log_validation(self, metrics: dict[str, float]) -> None:
+        path = self.output / "validation.csv"
+        row = {"step": self.step, **metrics}
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        logger.info("validation at step %d: %s", self.step, {k: round(v, 4) for k, v in metrics.items()})
+
+    def export(self, path: Path | None = None) -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
+        target = path or self.output / "model"
+        result = self.method.export(self._generator_for_export(), target)
+        atomic_write_json(to_dict(self.run_config), self.output / "train_config.json")
+        return result
+
+
+def finite_or_raise(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"{what} is not finite")
+    return value
+
+
+def replace_trainer(run_config: Any, **changes: Any) -> Any:
+    """A copy of a method config with trainer fields changed (e.g. ``max_steps`` from the CLI)."""
+    return dataclasses.replace(run_config, trainer=dataclasses.replace(run_config.trainer, **changes))
