@@ -142,13 +142,11 @@ def blend_tiles(
         if on_tile is not None:
             on_tile(1)
         return output
-    row_weights = dict(
-        zip(layout.row_starts, _normalised_axis_weights(layout.row_starts, layout.tile_height, layout.height, out_factor))
-    )
-    col_weights = dict(
-        zip(layout.col_starts, _normalised_axis_weights(layout.col_starts, layout.tile_width, layout.width, out_factor))
-    )
     images = next(x for x, _ in inputs if x is not None)
+    row_weights = _normalised_axis_weights(layout.row_starts, layout.tile_height, layout.height, out_factor)
+    col_weights = _normalised_axis_weights(layout.col_starts, layout.tile_width, layout.width, out_factor)
+    row_weights = {start: w.to(images.device) for start, w in zip(layout.row_starts, row_weights)}
+    col_weights = {start: w.to(images.device) for start, w in zip(layout.col_starts, col_weights)}
     canvas: torch.Tensor | None = None
     boxes = list(layout.boxes())
     for first in range(0, len(boxes), batch_size):
@@ -163,7 +161,7 @@ def blend_tiles(
             canvas = torch.zeros(images.shape[0], outputs[0].shape[1], height, width, device=images.device)
         for (row, col), output in zip(chunk, outputs):
             top, left = _on_grid(row, out_factor), _on_grid(col, out_factor)
-            weight = row_weights[row].to(canvas.device)[:, None] * col_weights[col].to(canvas.device)[None, :]
+            weight = row_weights[row][:, None] * col_weights[col][None, :]
             canvas[:, :, top : top + expected[0], left : left + expected[1]] += output * weight
         if on_tile is not None:
             on_tile(len(chunk))
@@ -219,7 +217,11 @@ def upscale_tensor(
     multiple = model.lr_multiple
     latent_factor = Fraction(model.scale, model.latent_stride)
     hr_factor = Fraction(model.scale)
-    _on_grid(multiple, latent_factor)  # the model contract: tiles on multiples of lr_multiple map onto the latent grid
+    if (multiple * latent_factor).denominator != 1:
+        raise ValueError(
+            f"{type(model).__name__}: lr_multiple {multiple} x scale {model.scale} is not a multiple of "
+            f"latent_stride {model.latent_stride}, so LR tiles would not map onto whole latent pixels"
+        )
     # The contract of ``lr_multiple``: pad (reflect) to a multiple, crop the result back below.
     padded = _pad_to_multiple(rgb.float(), multiple)
     layout = TileLayout.plan(padded.shape[2], padded.shape[3], tile, tile_overlap, multiple)

@@ -111,6 +111,21 @@ def test_rgba_keeps_alpha(tmp_path: Path) -> None:
         np.testing.assert_array_equal(np.asarray(written), rgba)
 
 
+@pytest.mark.parametrize("suffix", [".webp", ".tif"])
+def test_other_formats_roundtrip(tmp_path: Path, suffix: str) -> None:
+    ramp = np.linspace(0, 1, 16 * 24, dtype=np.float32).reshape(16, 24)  # smooth, so lossy WebP stays close
+    rgba = np.rint(np.stack([ramp, 0.9 * ramp, 0.8 * ramp + 0.1, ramp[::-1]], axis=2) * 255) / 255
+    source = LoadedImage(rgba[..., :3].astype(np.float32), rgba[..., 3].astype(np.float32))
+    if suffix == ".webp":
+        pytest.importorskip("PIL.WebPImagePlugin")
+    save_image(tmp_path / f"x{suffix}", source)
+    image = load_image(tmp_path / f"x{suffix}")
+    assert image.pixels.shape == (16, 24, 3) and image.alpha is not None
+    tolerance = 0.05 if suffix == ".webp" else 0  # WebP is lossy at the default quality
+    np.testing.assert_allclose(image.pixels, source.pixels, atol=tolerance)
+    np.testing.assert_allclose(image.alpha, source.alpha, atol=tolerance)
+
+
 def test_gray_alpha_and_palette_modes(tmp_path: Path) -> None:
     la = Image.fromarray(_rgb8()[..., :2].copy(), mode="LA")
     la.save(tmp_path / "la.png")
@@ -210,13 +225,14 @@ def test_save_refuses_to_overwrite_and_leaves_no_temporary(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
 
 
-def test_sixteen_bit_to_jpeg_is_eight_bit_and_alpha_to_jpeg_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".jpg", ".bmp"])
+def test_eight_bit_formats_reduce_depth_and_refuse_alpha(tmp_path: Path, suffix: str) -> None:
     pixels = np.full((4, 4, 3), 0.5, np.float32)
-    save_image(tmp_path / "x.jpg", LoadedImage(pixels, None, bit_depth=16))
-    assert load_image(tmp_path / "x.jpg").bit_depth == 8
+    save_image(tmp_path / f"x{suffix}", LoadedImage(pixels, None, bit_depth=16))
+    assert load_image(tmp_path / f"x{suffix}").bit_depth == 8
     with pytest.raises(ValueError, match="alpha"):
-        save_image(tmp_path / "y.jpg", LoadedImage(pixels, np.ones((4, 4), np.float32)))
-    assert not (tmp_path / "y.jpg").exists()
+        save_image(tmp_path / f"y{suffix}", LoadedImage(pixels, np.ones((4, 4), np.float32)))
+    assert not (tmp_path / f"y{suffix}").exists()
 
 
 def test_tensor_conversions_roundtrip() -> None:

@@ -40,7 +40,7 @@ IMAGE_FORMATS: dict[str, str] = {
 }
 FORMAT_SUFFIX: dict[str, str] = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
 SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})  # the others store 8 bits per sample
-ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF", "BMP"})
+ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})  # Pillow reads a 32-bit BMP's fourth byte as padding
 JPEG_QUALITY = 95
 WEBP_QUALITY = 95
 ORIENTATION_TAG = 0x0112  # EXIF/TIFF "Orientation"
@@ -264,6 +264,7 @@ def _save_options(fmt: str, icc_profile: bytes | None) -> dict:
         options["quality"] = JPEG_QUALITY
     elif fmt == "WEBP":
         options["quality"] = WEBP_QUALITY
+        options["exact"] = True  # keep the colour of transparent pixels (the encoder may drop it otherwise)
     return options
 
 

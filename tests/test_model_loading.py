@@ -1,0 +1,92 @@
+"""Model names and paths resolve to SR models; broken folders and files fail with clear errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from osdsr import model_loading
+from osdsr.model_loading import MODEL_LOADERS, LoadOptions, load_sr_model
+from osdsr.models.classical import ClassicalUpsampler
+
+
+def _model_folder(root: Path, config: dict | str) -> Path:
+    root.mkdir()
+    (root / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    save_file({"w": torch.zeros(1)}, str(root / "model.safetensors"))
+    return root
+
+
+@pytest.mark.parametrize("name", ["bicubic", "lanczos"])
+def test_classical_names(name: str) -> None:
+    model = load_sr_model(name)
+    assert isinstance(model, ClassicalUpsampler) and model.method == name
+
+
+def test_default_falls_back_to_bicubic_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(model_loading, "default_model_dir", lambda: None)
+    with caplog.at_level(logging.WARNING):
+        model = load_sr_model("default")
+    assert isinstance(model, ClassicalUpsampler) and model.method == "bicubic"
+    assert "default model is not installed" in caplog.text
+
+
+def test_default_loads_the_embedded_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    folder = _model_folder(tmp_path / "default", {"model_type": "toy"})
+    calls = []
+    monkeypatch.setitem(MODEL_LOADERS, "toy", lambda path, options: calls.append(path) or "toy model")
+    monkeypatch.setattr(model_loading, "default_model_dir", lambda: folder)
+    assert load_sr_model("default") == "toy model" and calls == [folder]
+
+
+def test_folder_dispatches_by_model_type(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    folder = _model_folder(tmp_path / "m", {"model_type": "toy", "width": 8})
+    seen = []
+    monkeypatch.setitem(MODEL_LOADERS, "toy", lambda path, options: seen.append((path, options)) or "toy model")
+    options = LoadOptions(steps=4, device="cpu", dtype=torch.bfloat16)
+    assert load_sr_model(folder, options) == "toy model"
+    assert seen == [(folder, options)]
+
+
+def test_lora_file_dispatches_by_metadata(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "lora.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"osdsr_config": json.dumps({"model_type": "toy"})})
+    monkeypatch.setitem(MODEL_LOADERS, "toy", lambda p, options: ("loaded", p, options.pretrained))
+    assert load_sr_model(path, LoadOptions(pretrained=tmp_path)) == ("loaded", path, tmp_path)
+
+
+def test_known_model_types_have_loaders() -> None:
+    assert {"d3sr", "dfosd", "sd-onestep", "resshift", "sinsr", "tadsr", "tddsr"} <= set(MODEL_LOADERS)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda d: _model_folder(d / "m", {"model_type": "nonsense"}), ValueError, "unknown model_type 'nonsense'"),
+        (lambda d: _model_folder(d / "m", {"width": 8}), ValueError, "no \"model_type\""),
+        (lambda d: _model_folder(d / "m", "{broken"), ValueError, "not valid JSON"),
+        (lambda d: (d / "m").mkdir() or d / "m", FileNotFoundError, "config.json is missing"),
+        (lambda d: d / "absent", FileNotFoundError, "no such model"),
+        (lambda d: (d / "x.pt").write_bytes(b"1") and d / "x.pt", ValueError, "not a model"),
+        (lambda d: (d / "x.safetensors").write_bytes(b"garbage") and d / "x.safetensors", ValueError, "not a readable"),
+    ],
+)
+def test_broken_models_are_clear_errors(tmp_path: Path, make, error: type, match: str) -> None:
+    path = make(tmp_path)
+    with pytest.raises(error, match=match) as info:
+        load_sr_model(path)
+    assert str(path) in str(info.value)
+
+
+def test_lora_file_without_config_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path))
+    with pytest.raises(ValueError, match="osdsr_config"):
+        load_sr_model(path)
