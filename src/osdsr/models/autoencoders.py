@@ -66,7 +66,7 @@ class VQAutoencoderConfig:
 
     @classmethod
     def tiny(cls) -> VQAutoencoderConfig:
-        """A small VQ-f4 for tests (about 0.3M parameters)."""
+        """A small VQ-f4 for tests (0.73M parameters)."""
         return cls(n_embed=64, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1)
 
 
