@@ -203,3 +203,11 @@ def test_invalid_arguments_are_clear_errors() -> None:
         upscale_tensor(model, torch.rand(3, 8, 8))
     with pytest.raises(ValueError, match="overlap"):
         upscale_tensor(model, _lr(), tile=8, tile_overlap=8)
+
+
+def test_bf16_compute_is_close_to_fp32() -> None:
+    model = TinyConvSR().eval()
+    lr = _lr()
+    reference = upscale_tensor(model, lr, tile=16, tile_overlap=8)
+    fast = upscale_tensor(model.to(torch.bfloat16), lr, tile=16, tile_overlap=8, dtype=torch.bfloat16)
+    assert fast.dtype == torch.float32 and (fast - reference).abs().mean() < 2 / 255

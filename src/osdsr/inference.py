@@ -152,7 +152,7 @@ def blend_tiles(
     for first in range(0, len(boxes), batch_size):
         chunk = boxes[first : first + batch_size]
         tiles = [
-            None if x is None else torch.cat([_crop(x, factor, box, layout) for box in chunk]).to(dtype or x.dtype)
+            None if x is None else _cast(torch.cat([_crop(x, factor, box, layout) for box in chunk]), dtype)
             for x, factor in inputs
         ]
         outputs = _call(fn, tiles, expected).split(images.shape[0])
