@@ -1,8 +1,20 @@
 """Stable Diffusion's DDPM noise schedule, as the one-step SD methods use it.
 
-The cumulative products ``abar_t`` come from diffusers' ``DDPMScheduler`` built from the scheduler
-config of the base model (``scheduler/scheduler_config.json`` in a diffusers folder), so the schedule
-is exactly the one the base UNet was trained with. This module imports no network.
+The cumulative products come from diffusers' ``DDPMScheduler`` built from the scheduler config of the
+base model (``scheduler/scheduler_config.json`` in a diffusers folder), so the schedule is exactly the
+one the base UNet was trained with. This module imports no network.
+
+Two step conventions meet here, and each function says which one it takes:
+
+- **UNet index** ``i`` in ``[0, T-1]`` (diffusers): the UNet's timestep input, with
+  ``abar = alphas_cumprod[i]``. The generator's fixed step ``T_L`` is a UNet index (D3SR Eq. 1,
+  ``pred_x0``), as in every diffusers pipeline.
+- **Diffusion step** ``t`` in ``[0, T]`` (the papers' notation, D3SR Sec. 3.1):
+  ``abar_t = prod_{s=1..t} alpha_s``, so ``abar_0 = 1`` (the clean latent) and
+  ``abar_t = alphas_cumprod[t - 1]`` for ``t >= 1``. The discriminators' inputs
+  ``F(z, t)``, ``t ~ U[0, T]`` (D3SR Eq. 4) use this, because ``alphas_cumprod[0] = 0.99915`` is not
+  clean: only ``t = 0`` returns ``z`` itself. A UNet sees step ``t`` as index ``max(t - 1, 0)``
+  (``unet_index``): the clean step 0 shares index 0, the nearest one the UNet was trained on.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ SD21_SCHEDULER_CONFIG: dict[str, Any] = {
 
 
 class DDPMSchedule:
-    """``abar_t`` of an SD-style DDPM, forward noising F(z, t) and the one-step clean-latent estimate."""
+    """``abar`` of an SD-style DDPM, forward noising F(z, t) and the one-step clean-latent estimate."""
 
     def __init__(self, scheduler_config: dict[str, Any] | None = None) -> None:
         from diffusers import DDPMScheduler
@@ -33,29 +45,42 @@ class DDPMSchedule:
         self.prediction_type: str = scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"scheduler prediction_type {self.prediction_type!r} is not supported")
-        self.alphas_cumprod: torch.Tensor = scheduler.alphas_cumprod.to(torch.float64)
+        self.alphas_cumprod: torch.Tensor = scheduler.alphas_cumprod.to(torch.float64)  # by UNet index
+        # by diffusion step t in [0, T]: abar_0 = 1 (empty product), abar_t = alphas_cumprod[t - 1]
+        self.abar_by_step: torch.Tensor = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
         self.config = {k: scheduler.config[k] for k in SD21_SCHEDULER_CONFIG}
 
     @property
     def timesteps(self) -> torch.Tensor:
+        """The UNet indices ``0 .. T-1``."""
         return torch.arange(self.num_train_timesteps)
 
-    def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        abar = self.alphas_cumprod.to(like.device)[t.to(like.device).long()]
-        return abar.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+    @staticmethod
+    def _gather(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        values = table.to(like.device)[t.to(like.device).long()]
+        return values.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+    def unet_index(self, t: torch.Tensor) -> torch.Tensor:
+        """The UNet timestep input for diffusion step ``t`` in ``[0, T]``: ``max(t - 1, 0)``."""
+        return (t.long() - 1).clamp(min=0)
 
     def add_noise(self, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """F(z, t) = sqrt(abar_t) z + sqrt(1 - abar_t) eps  (D3SR Eq. 4)."""
-        abar = self._abar(t, z)
+        """F(z, t) = sqrt(abar_t) z + sqrt(1 - abar_t) eps, diffusion step t in [0, T]  (D3SR Eq. 4).
+
+        ``t = 0`` returns ``z`` exactly.
+        """
+        if int(t.min()) < 0 or int(t.max()) > self.num_train_timesteps:
+            raise ValueError(f"diffusion step t must be in [0, {self.num_train_timesteps}], got {t.tolist()}")
+        abar = self._gather(self.abar_by_step, t, z)
         return abar.sqrt() * z + (1 - abar).sqrt() * noise
 
-    def pred_x0(self, sample: torch.Tensor, model_output: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Clean latent from one network evaluation at step t.
+    def pred_x0(self, sample: torch.Tensor, model_output: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Clean latent from one network evaluation at UNet index ``index`` (abar = alphas_cumprod[index]).
 
         epsilon: z_H = (z_L - sqrt(1 - abar) eps) / sqrt(abar)   (D3SR Eq. 1)
         v:       z_H = sqrt(abar) z_L - sqrt(1 - abar) v
         """
-        abar = self._abar(t, sample)
+        abar = self._gather(self.alphas_cumprod, index, sample)
         if self.prediction_type == "epsilon":
             return (sample - (1 - abar).sqrt() * model_output) / abar.sqrt()
         if self.prediction_type == "v_prediction":
