@@ -2,8 +2,13 @@
 
 Generator loss (D3SR Eq. 8): ``MSE + lambda2 * perceptual + lambda1 * L_G`` with L_G the
 non-saturating loss (Eq. 2) of the discriminator on ``F(z_H, t)``; discriminator loss Eq. 3 on
-``F(E(x_HR), t)`` (real) and ``F(z_H, t)`` (fake), ``t ~ U[0, T]`` (Eq. 4). DFOSD is the same method
-with a learnable prompt embedding (``generator.prompt_embedding: learnable``).
+``F(E(x_HR), t)`` (real) and ``F(z_H, t)`` (fake), ``t ~ U[0, T]`` (Eq. 4) in diffusion steps, where
+``t = 0`` is the clean latent (``osdsr.diffusion.ddpm``); time-conditioned discriminators see ``t`` as a
+UNet index. DFOSD is the same method with a learnable prompt embedding
+(``generator.prompt_embedding: learnable``).
+
+Only LoRA adapters, the prompt embedding (DFOSD) and the discriminator's trainable part (LoRA + head
+for the pretrained NAD, everything for the small ones) are trained; frozen base weights stay frozen.
 
 Ablations are config fields: ``loss.perceptual`` in {mse, lpips, ea-lpips, dists, ea-dists} and
 ``discriminator.kind`` in {none, cnn, diffusion-gan, sd21, sdxl}.
@@ -11,6 +16,8 @@ Ablations are config fields: ``loss.perceptual`` in {mse, lpips, ea-lpips, dists
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,6 +25,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from osdsr.losses.adversarial import ADVERSARIAL_LOSSES
 from osdsr.losses.edges import sobel_magnitude
@@ -34,6 +42,7 @@ from osdsr.models.sd_generator import (
 from osdsr.train import DataConfig, TrainerConfig
 
 DISCRIMINATOR_KINDS = ("none", "cnn", "diffusion-gan", "sd21", "sdxl")
+RGB_CHANNELS = 3
 
 
 @dataclass(frozen=True)
@@ -53,10 +62,11 @@ class LossConfig:
 class DiscriminatorConfig:
     kind: Literal["none", "cnn", "diffusion-gan", "sd21", "sdxl"] = "sd21"
     pretrained: str | None = None  # local diffusers folder (SD-2.1 or SDXL) for sd21 / sdxl
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    channels: int = 64  # cnn / diffusion-gan width
-    num_layers: int = 3
-    max_timestep: int = 999  # t ~ U[0, T] for the noised inputs (D3SR Eq. 4)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # sd21 / sdxl: LoRA on the frozen UNet encoder
+    prompt_embedding: Literal["fixed", "learnable"] = "fixed"  # sd21 / sdxl: null prompt, zeros or trained
+    channels: int = 64  # cnn / diffusion-gan width; sd21 / sdxl: hidden width of the MLP head
+    num_layers: int = 3  # cnn / diffusion-gan
+    max_timestep: int = 999  # T of t ~ U[0, T], diffusion steps with t = 0 clean (D3SR Eq. 4)
     lr: float = 5e-5
 
 
@@ -79,13 +89,17 @@ class D3SRConfig:
 
 
 def build_discriminator(config: DiscriminatorConfig, latent_channels: int) -> nn.Module | None:
-    """The configured discriminator on latents of ``latent_channels`` (None for kind 'none')."""
+    """The configured discriminator (None for kind 'none').
+
+    The plain CNN judges RGB images (pixel space, as in D3SR Table 6); the others judge noised
+    latents of ``latent_channels``.
+    """
     if config.kind == "none":
         return None
-    if config.kind in ("cnn", "diffusion-gan"):
-        return LatentPatchDiscriminator(
-            latent_channels, config.channels, config.num_layers, time_conditioned=config.kind == "diffusion-gan"
-        )
+    if config.kind == "cnn":
+        return LatentPatchDiscriminator(RGB_CHANNELS, config.channels, config.num_layers, time_conditioned=False)
+    if config.kind == "diffusion-gan":
+        return LatentPatchDiscriminator(latent_channels, config.channels, config.num_layers, time_conditioned=True)
     from osdsr.models.nad_discriminator import build_nad_discriminator
 
     return build_nad_discriminator(config, latent_channels)
@@ -98,9 +112,24 @@ class D3SRMethod:
         from osdsr.losses.perceptual import build_perceptual_loss
 
         self.config = config
+        base = config.generator.pretrained
+        if base is not None and not Path(base).is_dir():
+            raise FileNotFoundError(
+                f"generator.pretrained {base}: no such folder; set it to a local diffusers folder of "
+                "SD-2.1-base with --set generator.pretrained=DIR"
+            )
         self.generator: SDOneStepGenerator = build_sd_generator(config.generator)
         latent_channels = self.generator.unet.config.in_channels
+        schedule_steps = self.generator.schedule.num_train_timesteps
+        if not 0 <= config.discriminator.max_timestep <= schedule_steps:
+            raise ValueError(
+                f"discriminator.max_timestep {config.discriminator.max_timestep} must be in [0, {schedule_steps}]"
+            )
         self.discriminator = build_discriminator(config.discriminator, latent_channels)
+        # recorded once: the generator step freezes exactly these and nothing else
+        self.discriminator_trainable = (
+            [p for p in self.discriminator.parameters() if p.requires_grad] if self.discriminator is not None else []
+        )
         loss = config.loss
         self.perceptual = (
             None
@@ -126,13 +155,23 @@ class D3SRMethod:
         return optimizers
 
     def _noised(self, z: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """F(z, t) with t ~ U[0, T] (D3SR Eq. 4); the plain CNN sees clean latents."""
-        if self.config.discriminator.kind == "cnn":
-            return z, torch.zeros(z.shape[0], device=z.device)
+        """F(z, t) with t ~ U[0, T] (D3SR Eq. 4), and the UNet index of t."""
         t_max = self.config.discriminator.max_timestep
         t = torch.randint(0, t_max + 1, (z.shape[0],), generator=rng, device=z.device)
         noise = torch.randn(z.shape, generator=rng, device=z.device, dtype=z.dtype)
-        return self.generator.schedule.add_noise(z, t, noise), t
+        schedule = self.generator.schedule
+        return schedule.add_noise(z, t, noise), schedule.unet_index(t)
+
+    @contextmanager
+    def _discriminator_frozen(self) -> Iterator[None]:
+        """Turn off gradients of the discriminator's trainable parameters (frozen ones stay frozen)."""
+        for param in self.discriminator_trainable:
+            param.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for param in self.discriminator_trainable:
+                param.requires_grad_(True)
 
     def generator_losses(
         self, batch: dict[str, torch.Tensor], generator: nn.Module, discriminator: nn.Module | None, rng: torch.Generator
@@ -147,32 +186,31 @@ class D3SRMethod:
         if loss.edge_weight:
             terms["edge"] = loss.edge_weight * F.l1_loss(sobel_magnitude(x_pred), sobel_magnitude(hr))
         if discriminator is not None and loss.adversarial_weight:
-            discriminator.requires_grad_(False)
-            z_noisy, t = self._noised(z_hr_pred, rng)
-            terms["adversarial"] = loss.adversarial_weight * self.g_adv(discriminator(z_noisy, t))  # D3SR Eq. 2
-            discriminator.requires_grad_(True)
-            self._restore_frozen(discriminator)
-        return terms, {"z_hr_pred": z_hr_pred.detach()}
+            # gradients reach z_H through the discriminator, not its weights; called without its
+            # DistributedDataParallel wrapper, which would wait for weight gradients that never come
+            judge = discriminator.module if isinstance(discriminator, DistributedDataParallel) else discriminator
+            with self._discriminator_frozen():
+                fake = self._discriminator_input(z_hr_pred, x_hr_pred, rng)
+                terms["adversarial"] = loss.adversarial_weight * self.g_adv(judge(*fake))  # D3SR Eq. 2
+        return terms, {"z_hr_pred": z_hr_pred.detach(), "x_hr_pred": x_hr_pred.detach()}
 
-    @staticmethod
-    def _restore_frozen(discriminator: nn.Module) -> None:
-        """Re-freeze a pretrained discriminator's base weights after the blanket requires_grad_(True)."""
-        refreeze = getattr(discriminator, "refreeze", None) or getattr(
-            getattr(discriminator, "module", None), "refreeze", None
-        )
-        if refreeze is not None:
-            refreeze()
+    def _discriminator_input(
+        self, z: torch.Tensor | None, image: torch.Tensor, rng: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The plain CNN's image (pixel space, no step), else ``F(z, t)`` and the UNet index of ``t``."""
+        if self.config.discriminator.kind == "cnn":
+            return image, None
+        return self._noised(z, rng)
 
     def discriminator_losses(
         self, batch: dict[str, torch.Tensor], cache: dict[str, torch.Tensor], discriminator: nn.Module, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
+        x_real = batch["hr"] * 2 - 1
         with torch.no_grad():
-            z_real = self.generator.encode(batch["hr"] * 2 - 1)
-        z_real_noisy, t_real = self._noised(z_real, rng)
-        z_fake_noisy, t_fake = self._noised(cache["z_hr_pred"], rng)
-        real_logits = discriminator(z_real_noisy, t_real)
-        fake_logits = discriminator(z_fake_noisy, t_fake)
-        return {"adversarial": self.d_adv(real_logits, fake_logits)}  # D3SR Eq. 3
+            z_real = None if self.config.discriminator.kind == "cnn" else self.generator.encode(x_real)
+        real = self._discriminator_input(z_real, x_real, rng)
+        fake = self._discriminator_input(cache["z_hr_pred"], cache["x_hr_pred"], rng)
+        return {"adversarial": self.d_adv(discriminator(*real), discriminator(*fake))}  # D3SR Eq. 3
 
     def sr_model(self, generator: nn.Module) -> SDSRModel:
         return SDSRModel(generator).eval()

@@ -211,15 +211,21 @@ def _prompt_embedding(config: SDGeneratorConfig, cross_attention_dim: int) -> to
     return torch.zeros(1, config.prompt_length, cross_attention_dim)
 
 
+def lora_targets(module: nn.Module, lora: LoRAConfig) -> list[str]:
+    """The configured LoRA target names that name at least one sub-module of ``module``."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in module.named_modules()}
+    full_names = {name for name, _ in module.named_modules()}
+    targets = [t for t in lora.target_modules if t in names or any(n.endswith("." + t) for n in full_names)]
+    if not targets:
+        raise ValueError(f"LoRA target modules {list(lora.target_modules)} match no module of the UNet")
+    return targets
+
+
 def add_lora(unet: nn.Module, lora: LoRAConfig) -> None:
     """Freeze the UNet and inject LoRA adapters (peft) on the configured target modules."""
     from peft import LoraConfig
 
-    names = {name.rsplit(".", 1)[-1] for name, _ in unet.named_modules()}
-    full_names = {name for name, _ in unet.named_modules()}
-    targets = [t for t in lora.target_modules if t in names or any(n.endswith("." + t) for n in full_names)]
-    if not targets:
-        raise ValueError(f"LoRA target modules {list(lora.target_modules)} match no module of the UNet")
+    targets = lora_targets(unet, lora)
     unet.requires_grad_(False)
     unet.add_adapter(
         LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=targets, init_lora_weights="gaussian")

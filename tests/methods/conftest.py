@@ -1,0 +1,112 @@
+"""Tiny local diffusers folders (SD-2.1-shaped, SDXL-shaped UNet) and a tiny HR image folder for D3SR tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY_CONFIG = REPO_ROOT / "configs" / "d3sr-tiny.yaml"
+
+# SD-2.1-shaped, a few thousand parameters: cross-attention down/up blocks, f8 KL autoencoder
+TINY_SD_UNET: dict[str, Any] = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [16, 32],
+    "layers_per_block": 1,
+    "attention_head_dim": 4,
+    "cross_attention_dim": 16,
+    "use_linear_projection": True,
+    "norm_num_groups": 8,
+}
+TINY_SD_VAE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [8, 8, 16, 16],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 4,
+    "sample_size": 32,
+}
+TINY_SDXL_UNET: dict[str, Any] = {
+    **TINY_SD_UNET,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+    "cross_attention_dim": 24,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 4,
+    "projection_class_embeddings_input_dim": 8 + 6 * 4,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local diffusers SD folder: unet/, vae/, scheduler/ (no text encoder: prompts start at zeros)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from osdsr.diffusion.ddpm import SD21_SCHEDULER_CONFIG
+
+    root = tmp_path_factory.mktemp("tiny-sd21")
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        UNet2DConditionModel(**TINY_SD_UNET).save_pretrained(root / "unet")
+        AutoencoderKL(**TINY_SD_VAE).save_pretrained(root / "vae")
+    DDPMScheduler.from_config(SD21_SCHEDULER_CONFIG).save_config(root / "scheduler")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local diffusers folder with an SDXL-shaped UNet (text-time added conditioning)."""
+    from diffusers import UNet2DConditionModel
+
+    root = tmp_path_factory.mktemp("tiny-sdxl")
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        UNet2DConditionModel(**TINY_SDXL_UNET).save_pretrained(root / "unet")
+    return root
+
+
+@pytest.fixture(scope="session")
+def hr_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two small textured RGB photos-to-be (smooth gradients + stripes + noise), 80x72 px."""
+    root = tmp_path_factory.mktemp("hr")
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:72, 0:80].astype(np.float64)
+    for i in range(2):
+        channels = [
+            128 + 100 * np.sin(x / (4 + i) + c) * np.cos(y / (6 + c)) + rng.normal(0, 8, x.shape) for c in range(3)
+        ]
+        pixels = np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"photo{i}.png")
+    return root
+
+
+@pytest.fixture
+def small_run(hr_folder: Path) -> Callable[..., list[str]]:
+    """``--set`` arguments that make any D3SR config a seconds-long CPU run on ``hr_folder``."""
+
+    def arguments(*overrides: str) -> list[str]:
+        settings = [
+            f"data.sources=[{{path: {hr_folder}}}]",
+            "data.exclude_list=null",
+            "data.crop_size=32",
+            "trainer.batch_size=1",
+            "trainer.num_threads=1",
+            "trainer.log_every=1",
+            *overrides,
+        ]
+        return [arg for setting in settings for arg in ("--set", setting)]
+
+    return arguments
