@@ -351,26 +351,28 @@ class Trainer:
         running: dict[str, list[float]] = {}
         start = time.time()
         self.generator.train()
-        while self.step < total:
-            for k in range(accum):
-                logs = self._micro_step(self.step * accum + k)
-                for key, value in logs.items():
-                    running.setdefault(key, []).append(value)
-            if self.ema is not None:
-                self.ema.update(self.unwrapped_generator)
-            self.step += 1
-            bar.update(1)
-            if self.step % self.config.log_every == 0 or self.step == total:
-                last = {"step": self.step, **{k: sum(v) / len(v) for k, v in running.items()}}
-                last["seconds"] = round(time.time() - start, 3)
-                running = {}
-                self._log(last)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k.startswith("g/")})
-            if self.config.validation.every and self.step % self.config.validation.every == 0:
-                self.validate()
-            if self.step % self.config.checkpoint_every == 0 or self.step == total:
-                self.save_checkpoint()
-        bar.close()
+        try:  # the bar ends its line before any error message
+            while self.step < total:
+                for k in range(accum):
+                    logs = self._micro_step(self.step * accum + k)
+                    for key, value in logs.items():
+                        running.setdefault(key, []).append(value)
+                if self.ema is not None:
+                    self.ema.update(self.unwrapped_generator)
+                self.step += 1
+                bar.update(1)
+                if self.step % self.config.log_every == 0 or self.step == total:
+                    last = {"step": self.step, **{k: sum(v) / len(v) for k, v in running.items()}}
+                    last["seconds"] = round(time.time() - start, 3)
+                    running = {}
+                    self._log(last)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k.startswith("g/")})
+                if self.config.validation.every and self.step % self.config.validation.every == 0:
+                    self.validate()
+                if self.step % self.config.checkpoint_every == 0 or self.step == total:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
         return last
 
     # ---- validation and export -----------------------------------------------------------------

@@ -1,0 +1,160 @@
+"""The one trainer through ``osdsr train configs/d3sr-tiny.yaml``: exact resume, NaN guard, atomic
+checkpoints, strict ``--set``, and two processes under ``accelerate launch`` (gloo on CPU)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from osdsr.cli import main
+from osdsr.methods.d3sr import D3SRMethod
+from osdsr.train import list_checkpoints
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO_ROOT / "configs" / "d3sr-tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def hr_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hr")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(root / f"photo{i}.png")
+    return root
+
+
+def settings(hr: Path, *overrides: str) -> list[str]:
+    values = [
+        f"data.sources=[{{path: {hr}}}]",
+        "data.exclude_list=null",
+        "data.crop_size=32",
+        "trainer.batch_size=1",
+        "trainer.num_threads=null",
+        "trainer.log_every=1",
+        *overrides,
+    ]
+    return [arg for value in values for arg in ("--set", value)]
+
+
+def train(output: Path, steps: int, hr: Path, *extra: str) -> int:
+    return main(["train", str(TINY_CONFIG), "--output", str(output), "--max-steps", str(steps), *extra])
+
+
+def losses(output: Path) -> list[dict[str, float]]:
+    """Logged per-step losses (the wall-clock column left out)."""
+    with (output / "log.csv").open() as f:
+        return [{k: float(v) for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The command's error messages (stderr also carries the progress bar)."""
+    return [line for line in stderr.splitlines() if line.startswith("osdsr train: error:")]
+
+
+def test_resume_replays_the_same_losses(tmp_path: Path, hr_folder: Path) -> None:
+    """40 steps in one go == 20 steps, then --resume to 40 (same per-step losses, same exported EMA model)."""
+    extra = settings(hr_folder, "trainer.ema_decay=0.9")
+    assert train(tmp_path / "straight", 40, hr_folder, *extra) == 0
+    assert train(tmp_path / "split", 20, hr_folder, *extra) == 0
+    assert [step for step, _ in list_checkpoints(tmp_path / "split" / "checkpoints")] == [20]
+    assert train(tmp_path / "split", 40, hr_folder, "--resume", *extra) == 0
+    straight, split = losses(tmp_path / "straight"), losses(tmp_path / "split")
+    assert [row["step"] for row in split] == list(range(1, 41))
+    assert {"g/mse", "g/edge", "g/adversarial", "d/adversarial"} <= set(straight[0])
+    for a, b in zip(straight, split, strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+    from osdsr.weights_io import read_safetensors
+
+    model_a, _ = read_safetensors(tmp_path / "straight" / "model" / "model.safetensors")
+    model_b, _ = read_safetensors(tmp_path / "split" / "model" / "model.safetensors")
+    assert all(torch.allclose(model_a[k], model_b[k], atol=1e-6) for k in model_a)
+
+
+def test_an_existing_run_needs_resume(tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train(tmp_path, 1, hr_folder, *settings(hr_folder)) == 0
+    assert train(tmp_path, 2, hr_folder, *settings(hr_folder)) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint_intact(
+    tmp_path: Path, hr_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = D3SRMethod.generator_losses
+    calls = {"n": 0}
+
+    def diverging(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - wraps the method as is
+        terms, cache = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] >= 8:  # optimiser step 8
+            terms["mse"] = terms["mse"] * float("nan")
+        return terms, cache
+
+    monkeypatch.setattr(D3SRMethod, "generator_losses", diverging)
+    extra = settings(hr_folder, "trainer.checkpoint_every=3")
+    assert train(tmp_path, 20, hr_folder, *extra) == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "NaN" in errors[0] and "step 8" in errors[0] and "step-00000006.pt" in errors[0]
+    assert [step for step, _ in list_checkpoints(tmp_path / "checkpoints")] == [3, 6]
+    assert not (tmp_path / "model").exists()  # nothing exported from a diverged run
+    state = torch.load(tmp_path / "checkpoints" / "step-00000006.pt", weights_only=True)
+    assert state["step"] == 6 and all(torch.isfinite(v).all() for v in state["generator"].values())
+
+    monkeypatch.setattr(D3SRMethod, "generator_losses", original)
+    assert train(tmp_path, 8, hr_folder, "--resume", *extra) == 0
+    assert [row["step"] for row in losses(tmp_path)][-2:] == [7.0, 8.0]
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path, hr_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_save(obj: object, path: str | Path) -> None:
+        Path(path).write_bytes(b"partial checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(tmp_path, 2, hr_folder, *settings(hr_folder))
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # no step-*.pt, no temporary file
+
+
+def test_unknown_or_ill_typed_override_is_one_clear_line(
+    tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train(tmp_path, 1, hr_folder, "--set", "loss.bogus=1") == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "unknown key(s) ['bogus']" in errors[0]
+    assert train(tmp_path, 1, hr_folder, "--set", "trainer.batch_size=many") == 2
+    assert "trainer.batch_size: expected an integer" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_launch(tmp_path: Path, hr_folder: Path) -> None:
+    """DDP on CPU (gloo). accelerate 1.x runs one process for ``--cpu --num_processes 2``; two local CPU
+    processes take ``--multi_gpu`` with ``ACCELERATE_USE_CPU=true``."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(free_port()), "-m", "osdsr", "train", str(TINY_CONFIG)]
+    launch += ["--output", str(tmp_path / "ddp"), "--max-steps", "2", *settings(hr_folder)]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
+    assert train(tmp_path / "single", 2, hr_folder, *settings(hr_folder)) == 0
+    ddp, single = losses(tmp_path / "ddp"), losses(tmp_path / "single")
+    assert len(ddp) == 2  # logged once, by the main process
+    assert ddp[0] == pytest.approx(single[0], abs=1e-6)  # same first batch on rank 0, same initial weights
+    assert ddp[1]["g/mse"] != pytest.approx(single[1]["g/mse"], abs=1e-6)  # rank 0 then takes every 2nd batch
