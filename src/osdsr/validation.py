@@ -31,7 +31,7 @@ def validate_folder(
         pred = sr.pixels
         if pred.shape != hr.shape:
             raise ValueError(f"{pair.gt}: HR size {hr.shape[:2]} is not 4x its LR ({pred.shape[:2]} after SR)")
-        pred8, hr8 = (np.round(a * 255) for a in (pred, hr))
+        pred8, hr8 = (np.round(a * 255).astype(np.uint8) for a in (pred, hr))
         scores["val/psnr_y"].append(psnr(pred8, hr8))
         scores["val/ssim_y"].append(ssim(pred8, hr8))
         if i < save_images:

@@ -1,0 +1,49 @@
+"""``osdsr export RUN_DIR``: turn a training checkpoint into a model that ``osdsr upscale --model`` loads."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from osdsr.cli import CommandError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", type=Path, help="run folder written by 'osdsr train' (holds train_config.json and checkpoints/)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="model folder (or .safetensors LoRA file) to write")
+    parser.add_argument("--checkpoint", type=Path, help="a checkpoint file (default: the newest in RUN/checkpoints)")
+    parser.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from osdsr.config import from_dict, read_json_file
+    from osdsr.methods import resolve_method
+    from osdsr.train import list_checkpoints
+
+    config_path = args.run / "train_config.json"
+    data = read_json_file(config_path)
+    config_cls, build = resolve_method(data.get("method", ""))
+    config = from_dict(config_cls, data)
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        found = list_checkpoints(args.run / "checkpoints")
+        if not found:
+            raise CommandError(f"{args.run / 'checkpoints'}: no checkpoint to export")
+        checkpoint = found[-1][1]
+    if args.output.exists() and not args.overwrite:
+        raise CommandError(f"{args.output}: exists; pass --overwrite to replace it")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    method = build(config)
+    generator = method.generator
+    generator.load_state_dict(state["generator"])
+    if "ema" in state and not args.no_ema:
+        params = dict(generator.named_parameters())
+        with torch.no_grad():
+            for name, value in state["ema"].items():
+                params[name].copy_(value)
+    written = method.export(generator.eval(), args.output)
+    print(f"exported step {state['step']} of {checkpoint} to {written}")
+    return 0
