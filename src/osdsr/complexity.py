@@ -38,10 +38,20 @@ def _sd_parts(size: int, prompt_embedding: str) -> Parts:
     return sd_complexity_parts(size, SDGeneratorConfig.full(prompt_embedding=prompt_embedding))
 
 
+def _resshift_parts(size: int, model_type: str) -> Parts:
+    from osdsr.models.resshift_sr import resshift_complexity_parts
+
+    return resshift_complexity_parts(size, model_type)
+
+
 # method -> builder(output size) of its inference parts on ``meta``
 COMPLEXITY_BUILDERS: dict[str, Callable[[int], Parts]] = {
     "d3sr": lambda size: _sd_parts(size, "fixed"),  # SD-2.1-base + LoRA rank 16 (D3SR Table 4)
     "dfosd": lambda size: _sd_parts(size, "learnable"),  # same generator, learnable prompt (DFOSD Table 3)
+    "resshift": lambda size: _resshift_parts(size, "resshift"),  # 15-step teacher
+    "sinsr": lambda size: _resshift_parts(size, "sinsr"),  # one-step students of the same network
+    "tadsr": lambda size: _resshift_parts(size, "tadsr"),
+    "tddsr": lambda size: _resshift_parts(size, "tddsr"),
 }
 
 
