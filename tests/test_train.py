@@ -18,6 +18,7 @@ from PIL import Image
 from osdsr.cli import main
 from osdsr.methods.d3sr import D3SRMethod
 from osdsr.train import list_checkpoints
+from osdsr.weights_io import read_safetensors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO_ROOT / "configs" / "d3sr-tiny.yaml"
@@ -72,8 +73,6 @@ def test_resume_replays_the_same_losses(tmp_path: Path, hr_folder: Path) -> None
     assert {"g/mse", "g/edge", "g/adversarial", "d/adversarial"} <= set(straight[0])
     for a, b in zip(straight, split, strict=True):
         assert a == pytest.approx(b, abs=1e-6)
-    from osdsr.weights_io import read_safetensors
-
     model_a, _ = read_safetensors(tmp_path / "straight" / "model" / "model.safetensors")
     model_b, _ = read_safetensors(tmp_path / "split" / "model" / "model.safetensors")
     assert all(torch.allclose(model_a[k], model_b[k], atol=1e-6) for k in model_a)

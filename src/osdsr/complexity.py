@@ -12,7 +12,8 @@ Conventions:
   thop and ptflops, which the papers' tables use, miss those products.
 - ``train`` counts one training step: forward plus backward, where backward reaches a part's trainable
   parameters and, when an earlier part is trainable, the part's inputs. Training-only networks
-  (discriminators, teachers) are not parts of the generator and are not included.
+  (discriminators, teachers) are not parts of the generator and are not in its total; a method lists
+  them in ``TRAINING_ONLY_BUILDERS`` and each is measured on its own (``training_only_complexity``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ COMPLEXITY_BUILDERS: dict[str, Callable[[int], Parts]] = {
     "sinsr": lambda size: _resshift_parts(size, "sinsr"),  # one-step students of the same network
     "tadsr": lambda size: _resshift_parts(size, "tadsr"),
     "tddsr": lambda size: _resshift_parts(size, "tddsr"),
+}
+
+
+def _d3sr_discriminators(size: int) -> dict[str, Parts]:
+    from osdsr.methods.d3sr import discriminator_complexity_parts
+
+    return discriminator_complexity_parts(size)
+
+
+# method -> builder(output size) of its training-only networks on ``meta``: network name -> parts
+TRAINING_ONLY_BUILDERS: dict[str, Callable[[int], dict[str, Parts]]] = {
+    "d3sr": _d3sr_discriminators,  # SD-2.1 and SDXL noise-aware discriminators (D3SR Table 6)
+    "dfosd": _d3sr_discriminators,
 }
 
 
@@ -109,6 +123,14 @@ def method_complexity(method: str, size: int, *, train: bool = False, layers_onl
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     return measure(COMPLEXITY_BUILDERS[method](size), train=train, layers_only=layers_only)
+
+
+def training_only_complexity(method: str, size: int, *, layers_only: bool = False) -> dict[str, dict[str, Complexity]]:
+    """One training step (forward + backward) of each training-only network of ``method``, measured apart."""
+    builder = TRAINING_ONLY_BUILDERS.get(method)
+    if builder is None:
+        return {}
+    return {name: measure(parts, train=True, layers_only=layers_only) for name, parts in builder(size).items()}
 
 
 def as_json(report: dict[str, Complexity]) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,9 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from osdsr import complexity
+from osdsr.cli import main
 from osdsr.commands.train import load_run_config
 from osdsr.losses.edges import sobel_magnitude
 from osdsr.methods.d3sr import D3SRMethod
+from osdsr.models import nad_discriminator
 from osdsr.models.sd_generator import upsample_lr
 from osdsr.train import step_generator
 
@@ -178,3 +182,29 @@ def test_max_timestep_beyond_the_schedule_is_refused() -> None:
 def test_missing_generator_base_folder_says_how_to_set_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"--set generator.pretrained=DIR"):
         method(f"generator.pretrained={tmp_path / 'stable-diffusion-2-1-base'}")
+
+
+def test_complexity_train_reports_both_nads_apart(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``osdsr complexity d3sr --train`` adds the SD-2.1 and SDXL discriminators, outside the generator total."""
+    def tiny_parts(size: int) -> dict:
+        with torch.device("meta"):
+            conv = nn.Conv2d(3, 4, 1)
+        return {"net": (conv, lambda: (torch.zeros(1, 3, size, size, device="meta"),))}
+
+    kinds = []
+
+    def recording_parts(config: object, size: int) -> dict:
+        kinds.append(config)
+        return tiny_parts(size)
+
+    monkeypatch.setitem(complexity.COMPLEXITY_BUILDERS, "d3sr", tiny_parts)
+    monkeypatch.setattr(nad_discriminator, "nad_complexity_parts", recording_parts)
+    assert main(["complexity", "d3sr", "--size", "8", "--train", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(c.kind, c.channels) for c in kinds] == [("sd21", 512), ("sdxl", 512)]
+    assert set(data["training_only"]) == {"discriminator sd21 (NAD)", "discriminator sdxl (NAD)"}
+    assert data["total"]["params"] == 16  # the generator's total leaves the discriminators out
+    assert main(["complexity", "d3sr", "--size", "8", "--json"]) == 0
+    assert "training_only" not in json.loads(capsys.readouterr().out)

@@ -40,7 +40,9 @@ def assert_trained(output: Path, steps: int = 2) -> list[dict[str, float]]:
 
 @pytest.mark.parametrize("perceptual", ["mse", "lpips", "ea-lpips", "dists", "ea-dists"])
 def test_perceptual_loss_ablations(perceptual: str, tmp_path: Path, small_run: Callable[..., list[str]]) -> None:
-    settings = small_run(f"loss.perceptual={perceptual}", "loss.allow_random_perceptual=true", "discriminator.kind=none")
+    settings = small_run(
+        f"loss.perceptual={perceptual}", "loss.allow_random_perceptual=true", "discriminator.kind=none"
+    )
     assert train(tmp_path, settings) == 0
     rows = assert_trained(tmp_path)
     assert ("g/perceptual" in rows[0]) == (perceptual != "mse")

@@ -15,6 +15,7 @@ from osdsr.models.nad_discriminator import (
     NULL_PROMPT_LENGTH,
     SDXL_UNET_CONFIG,
     build_nad_discriminator,
+    nad_complexity_parts,
 )
 from osdsr.models.sd_generator import SD21_UNET_CONFIG, LoRAConfig
 
@@ -151,3 +152,18 @@ def test_full_size_discriminators_on_meta(kind: str, stride: int) -> None:
     assert head == 2 * 1280 + 1280 * 512 + 512 + 512 + 1  # GroupNorm + two 1x1 convolutions
     logits = discriminator(torch.zeros(2, 4, 64, 64, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"))
     assert logits.shape == (2, 1, 64 // stride, 64 // stride)
+
+
+def test_complexity_parts_split_lora_encoder_and_head() -> None:
+    from osdsr.complexity import measure
+
+    parts = nad_complexity_parts(DiscriminatorConfig(kind="sd21", channels=512), size=64)
+    report = measure(parts, train=True)
+    encoder, _ = parts["encoder"]
+    lora = sum(p.numel() for n, p in encoder.named_parameters() if "lora_" in n)
+    assert report["encoder"].trainable == lora > 0  # LoRA only: the UNet base is frozen
+    assert report["head"].trainable == report["head"].params == 2 * 1280 + 1280 * 512 + 512 + 512 + 1
+    assert report["total"].params == report["encoder"].params + report["head"].params
+    # one position (64 px -> 8x8 latent -> 1x1 mid grid): forward, weight gradients and, since the
+    # encoder's LoRA lies upstream, input gradients of the two 1x1 convolutions
+    assert report["head"].macs == 3 * (1280 * 512 + 512 * 1)

@@ -8,7 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from osdsr.complexity import COMPLEXITY_BUILDERS, as_json, format_table, method_complexity
+from osdsr.complexity import (
+    COMPLEXITY_BUILDERS,
+    as_json,
+    format_table,
+    method_complexity,
+    training_only_complexity,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help='print {"parts": {NAME: {"params", "trainable", "macs"}}, "total": {...}} as JSON')
     parser.add_argument("--train", action="store_true",
-                        help="count one training step (forward + backward) instead of inference (forward)")
+                        help="count one training step (forward + backward) instead of inference (forward), "
+                             "and report the training-only networks (discriminators) apart")
     parser.add_argument("--layers-only", action="store_true",
                         help="count only convolutions and linear layers, as the papers' module-hook counters "
                              "(thop, ptflops) do; leaves out attention's QK^T and AV products")
@@ -26,11 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     report = method_complexity(args.method, args.size, train=args.train, layers_only=args.layers_only)
+    extra = training_only_complexity(args.method, args.size, layers_only=args.layers_only) if args.train else {}
     if args.json:
-        print(json.dumps(as_json(report), indent=2))
+        data = as_json(report)
+        if extra:
+            data["training_only"] = {name: as_json(part) for name, part in extra.items()}
+        print(json.dumps(data, indent=2))
         return 0
     what = "training step (forward + backward)" if args.train else "inference (forward)"
     convention = "convolutions and linear layers only" if args.layers_only else "all matrix products"
     print(f"{args.method}: {args.size}x{args.size} output, MACs of one {what}, {convention}")
     print(format_table(report))
+    for name, part in extra.items():
+        print(f"\ntraining only, not in the total above: {name}, one forward + backward on one noised latent")
+        print(format_table(part))
     return 0

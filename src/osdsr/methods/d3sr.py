@@ -16,7 +16,7 @@ Ablations are config fields: ``loss.perceptual`` in {mse, lpips, ea-lpips, dists
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,7 @@ from osdsr.train import DataConfig, TrainerConfig
 
 DISCRIMINATOR_KINDS = ("none", "cnn", "diffusion-gan", "sd21", "sdxl")
 RGB_CHANNELS = 3
+NAD_HEAD_CHANNELS = 512  # hidden width of the NAD head in configs/d3sr.yaml and configs/dfosd.yaml
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,18 @@ def build_discriminator(config: DiscriminatorConfig, latent_channels: int) -> nn
     from osdsr.models.nad_discriminator import build_nad_discriminator
 
     return build_nad_discriminator(config, latent_channels)
+
+
+ComplexityParts = dict[str, tuple[nn.Module, Callable[[], tuple[torch.Tensor, ...]]]]
+
+
+def discriminator_complexity_parts(size: int) -> dict[str, ComplexityParts]:
+    """The full-size NADs of the papers (SD-2.1: DFOSD / D3SR Table 6; SDXL: D3SR) as parts on ``meta``,
+    with the head width of ``configs/d3sr.yaml``, for ``osdsr complexity --train``."""
+    from osdsr.models.nad_discriminator import nad_complexity_parts
+
+    configs = {kind: DiscriminatorConfig(kind=kind, channels=NAD_HEAD_CHANNELS) for kind in ("sd21", "sdxl")}
+    return {f"discriminator {kind} (NAD)": nad_complexity_parts(config, size) for kind, config in configs.items()}
 
 
 class D3SRMethod:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -133,7 +134,8 @@ class NoiseAwareDiscriminator(nn.Module):
     def __init__(self, encoder: UNetEncoder, head_channels: int, learnable_prompt: bool) -> None:
         super().__init__()
         self.encoder = encoder
-        self._add_embedding("null_prompt", torch.zeros(1, NULL_PROMPT_LENGTH, encoder.cross_attention_dim), learnable_prompt)
+        prompt = torch.zeros(1, NULL_PROMPT_LENGTH, encoder.cross_attention_dim)
+        self._add_embedding("null_prompt", prompt, learnable_prompt)
         if encoder.text_time:
             self._add_embedding("null_text_embeds", torch.zeros(1, encoder.text_embed_dim), learnable_prompt)
         width = encoder.out_channels
@@ -153,6 +155,10 @@ class NoiseAwareDiscriminator(nn.Module):
 
     def forward(self, z_noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, 1, h', w']`` for noised latents ``z_noisy`` at UNet timestep ``t`` ``[B]``."""
+        return self.head(self.features(z_noisy, t))
+
+    def features(self, z_noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The encoder's mid-block features under the null conditioning."""
         batch = z_noisy.shape[0]
         prompt = self.null_prompt.to(z_noisy.dtype).expand(batch, -1, -1)
         text_embeds = time_ids = None
@@ -161,8 +167,7 @@ class NoiseAwareDiscriminator(nn.Module):
             ids = torch.tensor([height, width, 0, 0, height, width], dtype=z_noisy.dtype, device=z_noisy.device)
             time_ids = ids.expand(batch, -1)
             text_embeds = self.null_text_embeds.to(z_noisy.dtype).expand(batch, -1)
-        features = self.encoder(z_noisy, t, prompt, text_embeds, time_ids)
-        return self.head(features)
+        return self.encoder(z_noisy, t, prompt, text_embeds, time_ids)
 
 
 def _unet_folder(config: DiscriminatorConfig) -> Path:
@@ -176,7 +181,9 @@ def _unet_folder(config: DiscriminatorConfig) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"discriminator.pretrained {root}: not a folder; give a local diffusers model folder")
     if not (root / "unet" / "config.json").is_file():
-        raise FileNotFoundError(f"discriminator.pretrained {root}: no unet/config.json; expected a diffusers model folder")
+        raise FileNotFoundError(
+            f"discriminator.pretrained {root}: no unet/config.json; expected a diffusers model folder"
+        )
     return root / "unet"
 
 
@@ -199,7 +206,8 @@ def build_nad_discriminator(
     else:
         folder = _unet_folder(config)
         source = str(folder)
-        architecture = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if not k.startswith("_")}
+        saved = json.loads((folder / "config.json").read_text())
+        architecture = {k: v for k, v in saved.items() if not k.startswith("_")}
     expected = NAD_ADDITION_EMBED[config.kind]
     if architecture.get("addition_embed_type") != expected:
         raise ValueError(
@@ -229,3 +237,36 @@ def build_nad_discriminator(
         inject_adapter_in_model(lora, encoder)
         discriminator = NoiseAwareDiscriminator(encoder, config.channels, config.prompt_embedding == "learnable")
     return discriminator if device is None or meta else discriminator.to(device)
+
+
+class _Features(nn.Module):
+    """Runs a NAD up to its mid block; its parameters are the encoder's only (a part for complexity)."""
+
+    def __init__(self, discriminator: NoiseAwareDiscriminator) -> None:
+        super().__init__()
+        self.runner = [discriminator]  # a list: not registered, so parameters() sees only the encoder
+        self.encoder = discriminator.encoder
+
+    def forward(self, z_noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.runner[0].features(z_noisy, t)
+
+
+def nad_complexity_parts(
+    config: DiscriminatorConfig, size: int
+) -> dict[str, tuple[nn.Module, Callable[[], tuple[torch.Tensor, ...]]]]:
+    """The full-size NAD of ``config.kind`` on ``meta`` as parts (LoRA-tuned encoder, MLP head) with input
+    builders, for ``osdsr complexity --train``: one noised latent of a ``size`` x ``size`` image."""
+    channels = NAD_ARCHITECTURES[config.kind]["in_channels"]
+    discriminator = build_nad_discriminator(config, latent_channels=channels, device="meta")
+    latent = size // LATENT_STRIDE
+    downsamplings = sum(1 for block in discriminator.encoder.down_blocks if block.downsamplers is not None)
+    grid = latent // 2**downsamplings
+    width = discriminator.encoder.out_channels
+
+    def noised_latent() -> tuple[torch.Tensor, ...]:
+        return torch.zeros(1, channels, latent, latent, device="meta"), torch.zeros(1, dtype=torch.long, device="meta")
+
+    def features() -> tuple[torch.Tensor, ...]:
+        return (torch.zeros(1, width, grid, grid, device="meta"),)
+
+    return {"encoder": (_Features(discriminator), noised_latent), "head": (discriminator.head, features)}
