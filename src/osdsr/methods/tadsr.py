@@ -1,0 +1,181 @@
+"""TAD-SR: a one-step ResShift student with score distillation and a time-aware discriminator.
+
+Student loss (TAD-SR Eq. 13): ``L_distill + lambda1 L_hsd + lambda2 L_adv``, each term switched off
+by a zero weight (it is then not computed):
+
+- ``L_distill`` (Eq. 6): MSE between the student's one step from z_T and the teacher's multi-step
+  deterministic output from the same z_T;
+- ``L_hsd`` (Eq. 7-8): high-frequency-enhanced score distillation at t' ~ U{1, 2, 3} with
+  omega = 1 / (C S), no gradient through the teacher (``osdsr.losses.distillation.hsd_loss``);
+- ``L_adv`` (Eq. 11): the time-aware discriminator's hinge generator loss on the noised student output.
+
+Discriminator (Eq. 9-12, Algorithm 1): a step t ~ U{1..T} and one noise draw are shared by the real
+latent ``z_t = q(z_0^HR, y, t)`` and the fake one ``z_t^stu = q(z_0^stu, y, t)`` (Eq. 1); the frozen
+teacher's encoder, conditioned on the LR image and t like the denoiser, gives multi-scale features;
+each is modulated by t and judged by its head; hinge loss (Eq. 12). The teacher's encoder is not
+trained (the release's discriminator optimiser holds only the heads and time embeddings); the
+heads' results are averaged (Sec. IV-B), i.e. Eq. 11-12 with the sum over k divided by K.
+Algorithm 1 updates the discriminator first; here the generator step runs first, draws t and the
+noise, and hands them to the discriminator step, so both steps judge the same z_t.
+
+Weights lambda1 = 1, lambda2 = 0.02 and 30k iterations are the paper's real-SR settings (Sec. V-A).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from osdsr.losses.adversarial import hinge_discriminator_loss, hinge_generator_loss
+from osdsr.losses.distillation import (
+    HSD_FIRST_STEP,
+    HSD_LAST_STEP,
+    TeacherDenoiseFn,
+    hsd_loss,
+    sample_hsd_steps,
+    vanilla_distillation_loss,
+)
+from osdsr.methods.resshift_family import (
+    StudentMethod,
+    StudentOptimizerConfig,
+    TeacherConfig,
+    draw_prior_noise,
+    load_teacher,
+)
+from osdsr.models.time_aware_discriminator import (
+    TimeAwareDiscriminator,
+    encoder_feature_channels,
+    teacher_encoder_features,
+)
+from osdsr.train import DataConfig, TrainerConfig
+
+
+@dataclass(frozen=True)
+class TADSRLossConfig:
+    distill_weight: float = 1.0  # L_distill (Eq. 6, 13)
+    hsd_weight: float = 1.0  # lambda1 (Eq. 13)
+    hsd_steps: tuple[int, int] = (HSD_FIRST_STEP, HSD_LAST_STEP)  # t' ~ U{first..last}, paper steps
+    adversarial_weight: float = 0.02  # lambda2 (Eq. 13); 0: no discriminator
+
+
+@dataclass(frozen=True)
+class TimeAwareDiscriminatorConfig:
+    head_channels: int = 128  # width of each head's 3x3 convolution
+    embed_dim: int = 128  # width of the step embedding that feeds FiLM
+    lr: float = 5e-5
+
+
+@dataclass(frozen=True)
+class TADSRConfig:
+    method: Literal["tadsr"] = "tadsr"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    loss: TADSRLossConfig = field(default_factory=TADSRLossConfig)
+    discriminator: TimeAwareDiscriminatorConfig = field(default_factory=TimeAwareDiscriminatorConfig)
+    optimizer: StudentOptimizerConfig = field(default_factory=StudentOptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=30_000))
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+class TADSRMethod(StudentMethod):
+    """Builds the TAD-SR student and time-aware discriminator from a frozen ResShift teacher."""
+
+    model_type = "tadsr"
+
+    def __init__(self, config: TADSRConfig) -> None:
+        super().__init__(load_teacher(config.teacher), config.optimizer, discriminator_lr=config.discriminator.lr)
+        self.config = config
+        first, last = config.loss.hsd_steps
+        total = self.teacher.schedule.num_timesteps
+        if not 1 <= first <= last <= total:
+            raise ValueError(f"loss.hsd_steps {list(config.loss.hsd_steps)}: need 1 <= first <= last <= T = {total}")
+        disc = config.discriminator
+        channels = encoder_feature_channels(self.teacher.denoiser.config)
+        self.discriminator = (
+            TimeAwareDiscriminator(channels, disc.head_channels, disc.embed_dim)
+            if config.loss.adversarial_weight > 0
+            else None
+        )
+        self.discriminator_trainable = list(self.discriminator.parameters()) if self.discriminator is not None else []
+
+    @contextmanager
+    def _discriminator_frozen(self) -> Iterator[None]:
+        """No weight gradients for the discriminator in the generator step (its input still gets them)."""
+        for param in self.discriminator_trainable:
+            param.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for param in self.discriminator_trainable:
+                param.requires_grad_(True)
+
+    def _teacher_denoise(self, lr_cond: torch.Tensor) -> TeacherDenoiseFn:
+        def denoise(z_scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.teacher.denoiser(z_scaled, t, lr_cond)
+
+        return denoise
+
+    def _judge(
+        self,
+        discriminator: nn.Module,
+        z0: torch.Tensor,
+        y: torch.Tensor,
+        lr_cond: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> list[torch.Tensor]:
+        """D(Enc(z_t, t, LR), t) with z_t = q(z0, y, t) (TAD-SR Eq. 1, 9-10): per-head logits."""
+        schedule = self.teacher.schedule
+        z_t = schedule.q_sample(z0, y, t, noise)  # TAD-SR Eq. 1
+        features = teacher_encoder_features(self.teacher.denoiser, schedule.scale_input(z_t, t), t, lr_cond)
+        return discriminator(features, t)
+
+    def generator_losses(
+        self, batch: dict[str, torch.Tensor], generator: nn.Module, discriminator: nn.Module | None, rng: torch.Generator
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        loss = self.config.loss
+        schedule = self.teacher.schedule
+        latents = self.distillation_batch(batch, rng)
+        z_student = self.student_z0(generator, latents)  # z_0^stu = f_theta(z_T, y, T)
+        terms: dict[str, torch.Tensor] = {}
+        if loss.distill_weight:
+            terms["distill"] = loss.distill_weight * vanilla_distillation_loss(z_student, latents.z_teacher)  # Eq. 6
+        if loss.hsd_weight:
+            t_hsd = sample_hsd_steps(z_student.shape[0], rng, *loss.hsd_steps).to(z_student.device)
+            hsd_noise = draw_prior_noise(z_student, rng)
+            teacher_denoise = self._teacher_denoise(latents.lr_cond)
+            terms["hsd"] = loss.hsd_weight * hsd_loss(  # Eq. 7-8
+                z_student, latents.z_teacher, latents.y, hsd_noise, t_hsd, schedule, teacher_denoise
+            )
+        if discriminator is None:
+            return terms, {}
+        # Algorithm 1: t ~ U{1..T} (chain indices 0..T-1) and one noise draw, shared by real and fake
+        t = torch.randint(0, schedule.num_timesteps, (z_student.shape[0],), generator=rng, device=rng.device)
+        t = t.to(z_student.device)
+        noise = draw_prior_noise(z_student, rng)
+        judge = discriminator.module if isinstance(discriminator, DistributedDataParallel) else discriminator
+        with self._discriminator_frozen():
+            fake_logits = self._judge(judge, z_student, latents.y, latents.lr_cond, t, noise)
+        terms["adversarial"] = loss.adversarial_weight * hinge_generator_loss(fake_logits) / len(fake_logits)  # Eq. 11
+        cache = {
+            "z_student": z_student.detach(),
+            "z0": latents.z0,
+            "y": latents.y,
+            "lr_cond": latents.lr_cond,
+            "t": t,
+            "noise": noise,
+        }
+        return terms, cache
+
+    def discriminator_losses(
+        self, batch: dict[str, torch.Tensor], cache: dict[str, torch.Tensor], discriminator: nn.Module, rng: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        condition = (cache["y"], cache["lr_cond"], cache["t"], cache["noise"])
+        real_logits = self._judge(discriminator, cache["z0"], *condition)  # real: the noised HR latent
+        fake_logits = self._judge(discriminator, cache["z_student"], *condition)
+        return {"adversarial": hinge_discriminator_loss(real_logits, fake_logits) / len(real_logits)}  # Eq. 12
