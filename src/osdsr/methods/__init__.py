@@ -14,10 +14,24 @@ def _d3sr() -> tuple[type, Callable[[Any], Any]]:
     return D3SRConfig, D3SRMethod
 
 
+def _tadsr() -> tuple[type, Callable[[Any], Any]]:
+    from osdsr.methods.tadsr import TADSRConfig, TADSRMethod
+
+    return TADSRConfig, TADSRMethod
+
+
+def _tddsr() -> tuple[type, Callable[[Any], Any]]:
+    from osdsr.methods.tddsr import TDDSRConfig, TDDSRMethod
+
+    return TDDSRConfig, TDDSRMethod
+
+
 # method name -> loader returning (config class, builder); loaders import lazily (diffusers is slow to import)
 METHODS: dict[str, Callable[[], tuple[type, Callable[[Any], Any]]]] = {
     "d3sr": _d3sr,
     "dfosd": _d3sr,
+    "tadsr": _tadsr,
+    "tddsr": _tddsr,
 }
 
 
