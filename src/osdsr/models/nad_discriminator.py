@@ -179,7 +179,10 @@ def _unet_folder(config: DiscriminatorConfig) -> Path:
         )
     root = Path(config.pretrained)
     if not root.is_dir():
-        raise FileNotFoundError(f"discriminator.pretrained {root}: not a folder; give a local diffusers model folder")
+        raise FileNotFoundError(
+            f"discriminator.pretrained {root}: not a folder; set it to a local diffusers model folder "
+            "with --set discriminator.pretrained=DIR"
+        )
     if not (root / "unet" / "config.json").is_file():
         raise FileNotFoundError(
             f"discriminator.pretrained {root}: no unet/config.json; expected a diffusers model folder"
