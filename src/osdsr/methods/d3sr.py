@@ -41,7 +41,6 @@ from osdsr.models.sd_generator import (
 )
 from osdsr.train import DataConfig, TrainerConfig
 
-DISCRIMINATOR_KINDS = ("none", "cnn", "diffusion-gan", "sd21", "sdxl")
 RGB_CHANNELS = 3
 NAD_HEAD_CHANNELS = 512  # hidden width of the NAD head in configs/d3sr.yaml and configs/dfosd.yaml
 
