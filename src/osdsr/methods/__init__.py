@@ -14,6 +14,18 @@ def _d3sr() -> tuple[type, Callable[[Any], Any]]:
     return D3SRConfig, D3SRMethod
 
 
+def _resshift() -> tuple[type, Callable[[Any], Any]]:
+    from osdsr.methods.resshift import ResShiftMethod, ResShiftTrainConfig
+
+    return ResShiftTrainConfig, ResShiftMethod
+
+
+def _sinsr() -> tuple[type, Callable[[Any], Any]]:
+    from osdsr.methods.sinsr import SinSRConfig, SinSRMethod
+
+    return SinSRConfig, SinSRMethod
+
+
 def _tadsr() -> tuple[type, Callable[[Any], Any]]:
     from osdsr.methods.tadsr import TADSRConfig, TADSRMethod
 
@@ -30,6 +42,8 @@ def _tddsr() -> tuple[type, Callable[[Any], Any]]:
 METHODS: dict[str, Callable[[], tuple[type, Callable[[Any], Any]]]] = {
     "d3sr": _d3sr,
     "dfosd": _d3sr,
+    "resshift": _resshift,
+    "sinsr": _sinsr,
     "tadsr": _tadsr,
     "tddsr": _tddsr,
 }

@@ -140,7 +140,9 @@ def encode_hr(autoencoder: nn.Module, hr: torch.Tensor) -> torch.Tensor:
         return autoencoder.encode(hr * 2 - 1) * autoencoder.scaling_factor
 
 
-def encode_pair(teacher: Teacher, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_pair(
+    teacher: Teacher, lr: torch.Tensor, hr: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Latents of the bicubic-upsampled LR image (y) and of the HR image (z0), and the LR condition."""
     y, lr_cond = encode_lr(teacher.autoencoder, lr)
     return y, encode_hr(teacher.autoencoder, hr), lr_cond
@@ -232,7 +234,9 @@ class StudentMethod:
     model_type: str
     discriminator: nn.Module | None = None
 
-    def __init__(self, teacher: Teacher, optimizer: StudentOptimizerConfig, discriminator_lr: float | None = None) -> None:
+    def __init__(
+        self, teacher: Teacher, optimizer: StudentOptimizerConfig, discriminator_lr: float | None = None
+    ) -> None:
         self.teacher = teacher
         self.generator = student_from_teacher(teacher)
         self.optimizer_config = optimizer
@@ -248,12 +252,18 @@ class StudentMethod:
             optimizers["discriminator"] = torch.optim.AdamW(d_params, d_lr, opt.betas, weight_decay=opt.weight_decay)
         return optimizers
 
-    def distillation_batch(self, batch: dict[str, torch.Tensor], rng: torch.Generator) -> DistillationBatch:
-        """Encode the batch, draw the prior noise from ``rng`` and run the teacher (no gradients)."""
+    def encode_batch(
+        self, batch: dict[str, torch.Tensor], rng: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(y, z0, lr_cond, noise): the batch's latents and the prior noise drawn from ``rng``."""
         lr = batch["lr"]
         self.teacher.to(lr.device)
         y, z0, lr_cond = encode_pair(self.teacher, lr, batch["hr"])
-        noise = draw_prior_noise(y, rng)
+        return y, z0, lr_cond, draw_prior_noise(y, rng)
+
+    def distillation_batch(self, batch: dict[str, torch.Tensor], rng: torch.Generator) -> DistillationBatch:
+        """Encode the batch, draw the prior noise from ``rng`` and run the teacher (no gradients)."""
+        y, z0, lr_cond, noise = self.encode_batch(batch, rng)
         z_teacher = teacher_target(self.teacher, y, lr_cond, noise)
         return DistillationBatch(y, z0, lr_cond, noise, z_teacher)
 
