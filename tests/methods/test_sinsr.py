@@ -107,6 +107,7 @@ def test_exported_student_round_trips_and_upscales_in_one_step(teacher_folder: P
         for p in student.parameters():
             p.add_(0.01)  # a student that has moved away from the teacher
     folder = export_student(student, teacher, tmp_path / "student", "tadsr")
+    assert student.training  # exporting leaves a training student training
     assert read_yaml(folder / "config.json")["model_type"] == "tadsr"
     trained = student_sr_model(student, teacher, "tadsr")
     loaded = load_sr_model(folder)

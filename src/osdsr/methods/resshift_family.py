@@ -201,7 +201,7 @@ def draw_prior_noise(like: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
 
 
 def student_sr_model(student: nn.Module, teacher: Teacher, model_type: str) -> ResShiftSR:
-    """The student behind the SR-model contract: one deterministic step, the teacher's autoencoder."""
+    """The student behind the SR-model contract (in eval mode): one deterministic step, the teacher's autoencoder."""
     if model_type not in STUDENT_TYPES:
         raise ValueError(f"model_type {model_type!r}: a student is one of {list(STUDENT_TYPES)}")
     config = dataclasses.replace(teacher.config, model_type=model_type)
@@ -209,8 +209,15 @@ def student_sr_model(student: nn.Module, teacher: Teacher, model_type: str) -> R
 
 
 def export_student(student: nn.Module, teacher: Teacher, path: str | Path, model_type: str) -> Path:
-    """Write the student as a ``model_type`` (sinsr / tadsr / tddsr) model folder, replacing one there."""
-    return save_resshift_model(path, student_sr_model(student, teacher, model_type), overwrite=True)
+    """Write the student as a ``model_type`` (sinsr / tadsr / tddsr) model folder, replacing one there.
+
+    The student's train / eval mode is left as it was.
+    """
+    was_training = student.training
+    try:
+        return save_resshift_model(path, student_sr_model(student, teacher, model_type), overwrite=True)
+    finally:
+        student.train(was_training)
 
 
 @dataclass
