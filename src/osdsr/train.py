@@ -52,7 +52,6 @@ class DataConfig:
     crop_size: int = 256  # HR crop
     degradations: tuple[DegradationMixConfig, ...] = (DegradationMixConfig(),)
     augment: bool = True
-    num_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -185,6 +184,28 @@ class TrainingData:
         return {"lr": lr, "hr": hr}
 
 
+def trained_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The part of a state dict a checkpoint needs: trainable parameters and buffers.
+
+    Frozen pretrained weights (an SD UNet under LoRA, a VAE, a teacher) are rebuilt from the config's
+    local folders, so checkpoints of LoRA runs stay megabytes instead of gigabytes.
+    """
+    frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in module.state_dict().items() if k not in frozen}
+
+
+def load_trained_state(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load a ``trained_state``; every key the module misses must be a frozen parameter."""
+    frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    not_frozen = [k for k in missing if k not in frozen]
+    if unexpected or not_frozen:
+        raise ValueError(
+            f"{where}: checkpoint does not match the model (missing {not_frozen[:5]}, unexpected {unexpected[:5]}); "
+            "was it written with another config?"
+        )
+
+
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     if not folder.is_dir():
         return []
@@ -237,11 +258,11 @@ class Trainer:
             return None
         state: dict[str, Any] = {
             "step": self.step,
-            "generator": self.unwrapped_generator.state_dict(),
+            "generator": trained_state(self.unwrapped_generator),
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
         }
         if self.discriminator is not None:
-            state["discriminator"] = self.accelerator.unwrap_model(self.discriminator).state_dict()
+            state["discriminator"] = trained_state(self.accelerator.unwrap_model(self.discriminator))
         if self.ema is not None:
             state["ema"] = self.ema.shadow
         path = self.checkpoint_dir / f"step-{self.step:08d}.pt"
@@ -254,9 +275,9 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        self.unwrapped_generator.load_state_dict(state["generator"])
+        load_trained_state(self.unwrapped_generator, state["generator"], str(path))
         if self.discriminator is not None:
-            self.accelerator.unwrap_model(self.discriminator).load_state_dict(state["discriminator"])
+            load_trained_state(self.accelerator.unwrap_model(self.discriminator), state["discriminator"], str(path))
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         if self.ema is not None:

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
 
     from osdsr.config import from_dict, read_json_file
     from osdsr.methods import resolve_method
-    from osdsr.train import list_checkpoints
+    from osdsr.train import list_checkpoints, load_trained_state
 
     config_path = args.run / "train_config.json"
     data = read_json_file(config_path)
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     method = build(config)
     generator = method.generator
-    generator.load_state_dict(state["generator"])
+    load_trained_state(generator, state["generator"], str(checkpoint))
     if "ema" in state and not args.no_ema:
         params = dict(generator.named_parameters())
         with torch.no_grad():

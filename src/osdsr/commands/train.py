@@ -69,6 +69,6 @@ def run(args: argparse.Namespace) -> int:
         exported = trainer.export()
         if exported is not None:
             print(f"exported {exported}")
-    if last:
+    if last and trainer.accelerator.is_main_process:
         print("final: " + ", ".join(f"{k}={v:.5g}" for k, v in last.items()))
     return 0
