@@ -10,7 +10,9 @@
 
 Writes ``benchmarks/out/quality.json`` and ``benchmarks/out/quality.md``.
 
-    python benchmarks/quality.py [--model default] [--extra-model NAME=PATH ...] [--skip-speed]
+    python benchmarks/quality.py [--model default] [--extra-model LABEL=NAME_OR_PATH ...] [--skip-speed]
+    python benchmarks/quality.py --model runs/resshift-tiny/model --extra-model sinsr=runs/sinsr-tiny/model \
+        --output benchmarks/out/distillation   # the tiny teacher (15 steps) and students (1 step)
 """
 
 from __future__ import annotations
