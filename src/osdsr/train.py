@@ -18,6 +18,8 @@ import logging
 import math
 import re
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -128,6 +130,22 @@ class EMA:
         params = dict(module.named_parameters())
         for name, value in self.shadow.items():
             params[name].copy_(value)
+
+
+@contextmanager
+def gradients_off(params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """No weight gradients for ``params`` inside the block (a discriminator during the generator step).
+
+    Gradients still flow through the module to its inputs; the parameters are trainable again after.
+    """
+    params = list(params)
+    for param in params:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param in params:
+            param.requires_grad_(True)
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:

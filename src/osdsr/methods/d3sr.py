@@ -16,8 +16,7 @@ Ablations are config fields: ``loss.perceptual`` in {mse, lpips, ea-lpips, dists
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,7 +38,7 @@ from osdsr.models.sd_generator import (
     save_sd_model,
     upsample_lr,
 )
-from osdsr.train import DataConfig, TrainerConfig
+from osdsr.train import DataConfig, TrainerConfig, gradients_off
 
 RGB_CHANNELS = 3
 NAD_HEAD_CHANNELS = 512  # hidden width of the NAD head in configs/d3sr.yaml and configs/dfosd.yaml
@@ -174,16 +173,6 @@ class D3SRMethod:
         schedule = self.generator.schedule
         return schedule.add_noise(z, t, noise), schedule.unet_index(t)
 
-    @contextmanager
-    def _discriminator_frozen(self) -> Iterator[None]:
-        """Turn off gradients of the discriminator's trainable parameters (frozen ones stay frozen)."""
-        for param in self.discriminator_trainable:
-            param.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for param in self.discriminator_trainable:
-                param.requires_grad_(True)
 
     def generator_losses(
         self, batch: dict[str, torch.Tensor], generator: nn.Module, discriminator: nn.Module | None, rng: torch.Generator
@@ -201,7 +190,7 @@ class D3SRMethod:
             # gradients reach z_H through the discriminator, not its weights; called without its
             # DistributedDataParallel wrapper, which would wait for weight gradients that never come
             judge = discriminator.module if isinstance(discriminator, DistributedDataParallel) else discriminator
-            with self._discriminator_frozen():
+            with gradients_off(self.discriminator_trainable):
                 fake = self._discriminator_input(z_hr_pred, x_hr_pred, rng)
                 terms["adversarial"] = loss.adversarial_weight * self.g_adv(judge(*fake))  # D3SR Eq. 2
         return terms, {"z_hr_pred": z_hr_pred.detach(), "x_hr_pred": x_hr_pred.detach()}

@@ -23,8 +23,6 @@ Weights lambda1 = 1, lambda2 = 0.02 and 30k iterations are the paper's real-SR s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -53,7 +51,7 @@ from osdsr.models.time_aware_discriminator import (
     encoder_feature_channels,
     teacher_encoder_features,
 )
-from osdsr.train import DataConfig, TrainerConfig
+from osdsr.train import DataConfig, TrainerConfig, gradients_off
 
 
 @dataclass(frozen=True)
@@ -103,16 +101,6 @@ class TADSRMethod(StudentMethod):
         )
         self.discriminator_trainable = list(self.discriminator.parameters()) if self.discriminator is not None else []
 
-    @contextmanager
-    def _discriminator_frozen(self) -> Iterator[None]:
-        """No weight gradients for the discriminator in the generator step (its input still gets them)."""
-        for param in self.discriminator_trainable:
-            param.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for param in self.discriminator_trainable:
-                param.requires_grad_(True)
 
     def _teacher_denoise(self, lr_cond: torch.Tensor) -> TeacherDenoiseFn:
         def denoise(z_scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -159,7 +147,7 @@ class TADSRMethod(StudentMethod):
         t = t.to(z_student.device)
         noise = draw_prior_noise(z_student, rng)
         judge = discriminator.module if isinstance(discriminator, DistributedDataParallel) else discriminator
-        with self._discriminator_frozen():
+        with gradients_off(self.discriminator_trainable):
             fake_logits = self._judge(judge, z_student, latents.y, latents.lr_cond, t, noise)
         terms["adversarial"] = loss.adversarial_weight * hinge_generator_loss(fake_logits) / len(fake_logits)  # Eq. 11
         cache = {

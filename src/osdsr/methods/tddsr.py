@@ -24,8 +24,7 @@ Optimiser: Adam, lr 5e-5 for the student, the downsampler and the discriminators
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -48,7 +47,7 @@ from osdsr.models.downsampler import LearnableDownsampler
 from osdsr.models.feature_discriminator import FeatureDiscriminator, FeatureDiscriminatorConfig
 from osdsr.models.resshift_sr import SCALE, ResShiftSR
 from osdsr.models.resshift_unet import SwinUNet
-from osdsr.train import DataConfig, TrainerConfig
+from osdsr.train import DataConfig, TrainerConfig, gradients_off
 
 # TDDSR gives no weights for its adversarial terms; these defaults are TAD-SR's adversarial weight
 # (lambda2 = 0.02, TAD-SR Sec. V-A) for the same ResShift student.
@@ -148,16 +147,6 @@ class TDDSRMethod(StudentMethod):
             [p for p in self.discriminator.parameters() if p.requires_grad] if self.discriminator is not None else []
         )
 
-    @contextmanager
-    def _discriminators_frozen(self) -> Iterator[None]:
-        """No weight gradients for the discriminators in the generator step (inputs still get them)."""
-        for param in self.discriminator_trainable:
-            param.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for param in self.discriminator_trainable:
-                param.requires_grad_(True)
 
     def _decode(self, z0: torch.Tensor) -> torch.Tensor:
         """The student's HR image in [-1, 1] through the frozen autoencoder (gradients reach z0)."""
@@ -178,7 +167,7 @@ class TDDSRMethod(StudentMethod):
         judges = _unwrap(discriminator)
         x_student = self._decode(z_student)
         cache = {"x_student": x_student.detach()}
-        with self._discriminators_frozen():
+        with gradients_off(self.discriminator_trainable):
             if judges.hr is not None:
                 terms["hr_adversarial"] = loss.hr_adversarial_weight * expected_fakeness(judges.hr(x_student))  # Eq. 8
             if judges.lr is not None:
