@@ -132,7 +132,7 @@ def speed(model_name: str) -> dict[str, object]:
 
 def markdown(report: dict) -> str:
     lines = [
-        "# Quality benchmark: embedded default model vs classical baselines",
+        "# Quality benchmark: one-step models vs classical baselines",
         "",
         f"Held-out photographs ({report['images']} images, {report['crop'] or 'whole'} HR crops), "
         f"degraded by `osdsr degrade --seed {SEED}`; metrics on the SR outputs (PSNR/SSIM on Y, crop border 4).",
