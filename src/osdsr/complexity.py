@@ -69,6 +69,18 @@ TRAINING_ONLY_BUILDERS: dict[str, Callable[[int], dict[str, Parts]]] = {
 }
 
 
+
+class ComplexityPart(nn.Module):
+    """Runs one stage of a model (a bound method) but owns, and so reports, only that stage's modules."""
+
+    def __init__(self, stage: Callable[..., torch.Tensor], owned: list[nn.Module]) -> None:
+        super().__init__()
+        self.stage = stage  # a bound method, not a submodule: parameters() sees only ``owned``
+        self.owned = nn.ModuleList(owned)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.stage(*inputs)
+
 @dataclass(frozen=True)
 class Complexity:
     params: int

@@ -230,17 +230,6 @@ def load_resshift_sr_model(path: Path, options: LoadOptions) -> ResShiftSR:
     return model.eval().to(device=options.device, dtype=options.dtype)
 
 
-class _ComplexityPart(nn.Module):
-    """Runs one stage of a model but owns (reports the parameters of) only that stage's modules."""
-
-    def __init__(self, stage: Callable[..., torch.Tensor], owned: list[nn.Module]) -> None:
-        super().__init__()
-        self.stage = stage  # a bound method: not registered as a submodule
-        self.owned = nn.ModuleList(owned)
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.stage(*inputs)
-
 
 def resshift_complexity_parts(
     size: int, model_type: ModelType = TEACHER_TYPE
@@ -250,6 +239,8 @@ def resshift_complexity_parts(
     Data-flow order: "encoder" (bicubic x4 + VQ encoder), "denoiser" (the whole sampler: T = 15
     network evaluations for the teacher, one for the students), "decoder" (quantise + VQ decoder).
     """
+    from osdsr.complexity import ComplexityPart
+
     config = dataclasses.replace(ResShiftModelConfig(), model_type=model_type)
     size_multiple = LATENT_STRIDE * config.denoiser.size_multiple
     if size % size_multiple:
@@ -271,7 +262,7 @@ def resshift_complexity_parts(
         return (torch.zeros(1, config.latent_channels, latent, latent, device=meta),)
 
     return {
-        "encoder": (_ComplexityPart(model.encode, [ae.encoder, ae.quant_conv]), lr_image),
-        "denoiser": (_ComplexityPart(model.denoise, [model.denoiser]), condition_and_noise),
-        "decoder": (_ComplexityPart(model.decode, [ae.quantize, ae.post_quant_conv, ae.decoder]), latent_code),
+        "encoder": (ComplexityPart(model.encode, [ae.encoder, ae.quant_conv]), lr_image),
+        "denoiser": (ComplexityPart(model.denoise, [model.denoiser]), condition_and_noise),
+        "decoder": (ComplexityPart(model.decode, [ae.quantize, ae.post_quant_conv, ae.decoder]), latent_code),
     }

@@ -370,24 +370,6 @@ def load_sd_sr_model(path: Path, options: Any) -> SDSRModel:
     return model.to(device=options.device, dtype=options.dtype)
 
 
-class _VAEEncoderPart(nn.Module):
-    def __init__(self, generator: SDOneStepGenerator) -> None:
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.generator.encode(x)
-
-
-class _UNetPart(_VAEEncoderPart):
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.generator.denoise(z)
-
-
-class _VAEDecoderPart(_VAEEncoderPart):
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.generator.decode(z)
-
 
 def sd_complexity_parts(
     size: int, config: SDGeneratorConfig | None = None
@@ -404,12 +386,13 @@ def sd_complexity_parts(
     def latent() -> tuple[torch.Tensor, ...]:
         return (torch.zeros(1, z_channels, size // stride, size // stride, device="meta"),)
 
-    encoder = _VAEEncoderPart(generator)
-    # Parameters are reported per part: each part module exposes only its own sub-network.
+    from osdsr.complexity import ComplexityPart
+
+    # Parameters are reported per part: each part owns only its own sub-network.
     return {
-        "vae_encoder": (_OwnParams(encoder, _encoder_modules(generator)), image),
-        "unet": (_OwnParams(_UNetPart(generator), [generator.unet]), latent),
-        "vae_decoder": (_OwnParams(_VAEDecoderPart(generator), _decoder_modules(generator)), latent),
+        "vae_encoder": (ComplexityPart(generator.encode, _encoder_modules(generator)), image),
+        "unet": (ComplexityPart(generator.denoise, [generator.unet]), latent),
+        "vae_decoder": (ComplexityPart(generator.decode, _decoder_modules(generator)), latent),
     }
 
 
@@ -422,14 +405,3 @@ def _decoder_modules(generator: SDOneStepGenerator) -> list[nn.Module]:
     ae = generator.autoencoder
     return [ae.decoder, ae.post_quant_conv] if hasattr(ae, "decoder") and ae.post_quant_conv is not None else [ae]
 
-
-class _OwnParams(nn.Module):
-    """Runs ``runner`` but reports only the parameters of ``owned`` (a part of a shared generator)."""
-
-    def __init__(self, runner: nn.Module, owned: list[nn.Module]) -> None:
-        super().__init__()
-        self.runner = [runner]  # a list: not registered, so parameters() sees only ``owned``
-        self.owned = nn.ModuleList(owned)
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.runner[0](*inputs)
