@@ -17,7 +17,7 @@ from PIL import Image
 
 from osdsr.cli import main
 from osdsr.methods.d3sr import D3SRMethod
-from osdsr.train import list_checkpoints
+from osdsr.train import TrainerConfig, list_checkpoints, lr_factor
 from osdsr.weights_io import read_safetensors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +62,9 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def test_resume_replays_the_same_losses(tmp_path: Path, hr_folder: Path) -> None:
-    """40 steps in one go == 20 steps, then --resume to 40 (same per-step losses, same exported EMA model)."""
-    extra = settings(hr_folder, "trainer.ema_decay=0.9")
+    """40 steps in one go == 20 steps, then --resume to 40 (same per-step losses, same exported EMA model),
+    with a learning-rate warm-up across the split: the schedule is a function of the step."""
+    extra = settings(hr_folder, "trainer.ema_decay=0.9", "trainer.warmup_steps=30")
     assert train(tmp_path / "straight", 40, hr_folder, *extra) == 0
     assert train(tmp_path / "split", 20, hr_folder, *extra) == 0
     assert [step for step, _ in list_checkpoints(tmp_path / "split" / "checkpoints")] == [20]
@@ -76,6 +77,33 @@ def test_resume_replays_the_same_losses(tmp_path: Path, hr_folder: Path) -> None
     model_a, _ = read_safetensors(tmp_path / "straight" / "model" / "model.safetensors")
     model_b, _ = read_safetensors(tmp_path / "split" / "model" / "model.safetensors")
     assert all(torch.allclose(model_a[k], model_b[k], atol=1e-6) for k in model_a)
+
+
+def test_lr_schedule_warms_up_then_follows_a_cosine() -> None:
+    config = TrainerConfig(max_steps=110, lr_schedule="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    assert [lr_factor(config, s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_factor(config, 10) == pytest.approx(1.0)
+    assert lr_factor(config, 60) == pytest.approx(0.1 + 0.9 * 0.5)  # half way down
+    assert lr_factor(config, 110) == pytest.approx(0.1)
+    assert lr_factor(TrainerConfig(max_steps=50), 30) == 1.0  # constant
+
+
+def test_init_from_starts_at_an_exported_model_or_a_checkpoint(
+    tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a zero learning rate the weights cannot move: the export equals the weights it started from."""
+    assert train(tmp_path / "first", 3, hr_folder, *settings(hr_folder)) == 0
+    first, _ = read_safetensors(tmp_path / "first" / "model" / "model.safetensors")
+    frozen = settings(hr_folder, "optimizer.lr=0.0")
+    for name, source in [("from-model", tmp_path / "first" / "model"),
+                         ("from-checkpoint", tmp_path / "first" / "checkpoints" / "step-00000003.pt")]:
+        assert train(tmp_path / name, 1, hr_folder, *frozen, "--set", f"trainer.init_from={source}") == 0
+        second, _ = read_safetensors(tmp_path / name / "model" / "model.safetensors")
+        assert second.keys() == first.keys()
+        assert all(torch.equal(first[k], second[k]) for k in first), name
+    assert train(tmp_path / "bad", 1, hr_folder, *frozen, "--set", f"trainer.init_from={tmp_path}") == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "no model.safetensors" in errors[0]
 
 
 def test_an_existing_run_needs_resume(tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -79,6 +79,10 @@ class TrainerConfig:
     log_every: int = 10
     tensorboard: bool = False
     num_threads: int | None = None  # torch CPU threads; None = torch's default
+    init_from: str | None = None  # start from these generator weights: an exported model folder or a checkpoint .pt
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # multiplies every optimiser's lr (after warm-up)
+    warmup_steps: int = 0  # linear warm-up from 0 to the configured lr
+    min_lr_ratio: float = 0.0  # the cosine schedule ends at this fraction of the lr
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
@@ -146,6 +150,50 @@ def gradients_off(params: Iterable[nn.Parameter]) -> Iterator[None]:
     finally:
         for param in params:
             param.requires_grad_(True)
+
+
+def lr_factor(config: TrainerConfig, step: int) -> float:
+    """The multiplier of the configured learning rates for optimiser step ``step`` (0-based); the cosine
+    runs over ``config.max_steps``, so `--max-steps` reshapes it."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return 1.0
+    span = max(config.max_steps - config.warmup_steps, 1)
+    progress = min((step - config.warmup_steps) / span, 1.0)
+    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr_factor(optimizers: Iterable[torch.optim.Optimizer], factor: float) -> None:
+    """Scale each parameter group's configured lr (remembered as ``initial_lr``) by ``factor``."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * factor
+
+
+def read_initial_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Generator weights to start from: an exported model folder (``model.safetensors``) or a
+    training checkpoint (its EMA weights when it has them)."""
+    from osdsr.weights_io import read_safetensors
+
+    if path.is_dir():
+        if not (path / "model.safetensors").is_file():
+            raise ValueError(f"{path}: init_from folder has no model.safetensors (export a model folder, not a LoRA file)")
+        return read_safetensors(path / "model.safetensors")[0]
+    if path.suffix != ".pt" or not path.is_file():
+        raise ValueError(f"{path}: init_from must be an exported model folder or a checkpoint .pt file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("ema") or state["generator"]
+
+
+def load_initial_weights(module: nn.Module, path: Path) -> None:
+    """Load ``read_initial_weights(path)``: a full state dict, or the trained part of one."""
+    state = read_initial_weights(path)
+    if set(state) == set(module.state_dict()):
+        module.load_state_dict(state)
+    else:
+        load_trained_state(module, state, str(path))
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -249,6 +297,8 @@ class Trainer:
         )
         self.data = TrainingData(data, trainer.seed)
         generator = method.generator
+        if trainer.init_from:
+            load_initial_weights(generator, Path(trainer.init_from))
         discriminator = method.discriminator
         optimizers = method.optimizers(generator, discriminator)
         prepared = self.accelerator.prepare(generator, *([discriminator] if discriminator is not None else []))
@@ -392,6 +442,7 @@ class Trainer:
         self.generator.train()
         try:  # the bar ends its line before any error message
             while self.step < total:
+                set_lr_factor(self.optimizers.values(), lr_factor(self.config, self.step))
                 for k in range(accum):
                     logs = self._micro_step(self.step * accum + k)
                     for key, value in logs.items():
