@@ -14,25 +14,36 @@ import torch.nn.functional as F
 
 COLOR_FIXES = ("wavelet", "adain", "none")
 WAVELET_LEVELS = 5  # blur dilations 1, 2, 4, 8, 16: the low band spans a radius of 31 pixels
-BINOMIAL_3X3 = ((1.0, 2.0, 1.0), (2.0, 4.0, 2.0), (1.0, 2.0, 1.0))  # divided by 16
 STD_EPSILON = 1e-6  # keeps the AdaIN ratio finite on flat channels
 
 
+def _binomial_1d(image: torch.Tensor, dilation: int, dim: int) -> torch.Tensor:
+    """[1, 2, 1] / 4 along ``dim`` with taps ``dilation`` apart, on an image already padded by ``dilation``."""
+    length = image.shape[dim] - 2 * dilation
+    left, centre, right = (image.narrow(dim, start, length) for start in (0, dilation, 2 * dilation))
+    return (left + right).add_(centre, alpha=2.0).mul_(0.25)
+
+
 def low_frequency(image: torch.Tensor, levels: int = WAVELET_LEVELS) -> torch.Tensor:
-    """The coarsest band of an a-trous wavelet decomposition: ``levels`` dilated binomial blurs."""
-    channels = image.shape[1]
-    kernel = torch.tensor(BINOMIAL_3X3, dtype=image.dtype, device=image.device) / 16.0
-    kernel = kernel.expand(channels, 1, 3, 3)
+    """The coarsest band of an a-trous wavelet decomposition: ``levels`` dilated binomial blurs.
+
+    The 3x3 binomial kernel is separable, so each blur is two shifted sums (rows, then columns) of
+    the replicate-padded image: the same result as the 2-D convolution at a fraction of its cost.
+    """
     for level in range(levels):
         dilation = 2**level
         padded = F.pad(image, (dilation,) * 4, mode="replicate")
-        image = F.conv2d(padded, kernel, dilation=dilation, groups=channels)
+        image = _binomial_1d(_binomial_1d(padded, dilation, dim=-1), dilation, dim=-2)
     return image
 
 
 def wavelet_color_fix(content: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """High frequencies of ``content`` plus low frequencies of ``reference`` (same shape)."""
-    return content - low_frequency(content) + low_frequency(reference)
+    """High frequencies of ``content`` plus low frequencies of ``reference`` (same shape).
+
+    ``content - low(content) + low(reference)`` computed as ``content + low(reference - content)``:
+    the blur is linear, so one decomposition does.
+    """
+    return content + low_frequency(reference - content)
 
 
 def channel_statistics(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

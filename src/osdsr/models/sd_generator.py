@@ -367,7 +367,8 @@ def load_sd_sr_model(path: Path, options: Any) -> SDSRModel:
     generator, _ = load_sd_generator(path, getattr(options, "pretrained", None))
     merge_lora(generator)
     model = SDSRModel(generator).eval().requires_grad_(False)
-    return model.to(device=options.device, dtype=options.dtype)
+    # channels-last convolutions are ~20% faster on CPU (oneDNN); same results up to float rounding
+    return model.to(device=options.device, dtype=options.dtype, memory_format=torch.channels_last)
 
 
 
