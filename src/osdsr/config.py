@@ -17,6 +17,8 @@ import yaml
 T = TypeVar("T")
 
 
+YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass ``cls`` from a plain dict, refusing unknown keys and ill-typed values."""
     data = {} if data is None else data
@@ -47,6 +49,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise ValueError(errors[0] if errors else f"config {where}: invalid value {value!r}")
     if origin is typing.Literal:
+        if isinstance(value, bool) and str(value).lower() not in args:  # YAML 1.1 reads `no` as false
+            value = next((word for word in YAML_BOOL_WORDS[value] if word in args), value)
         if value not in args:
             raise ValueError(f"config {where}: {value!r} is not one of {list(args)}")
         return value
