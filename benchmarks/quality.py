@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from osdsr.commands.upscale import DEFAULT_TILE
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 OUT = REPO / "benchmarks" / "out"
@@ -76,24 +78,28 @@ def upscale_folder(model_name: str, lr_dir: Path, out_dir: Path) -> float:
     return (time.perf_counter() - start) / len(files)
 
 
-def score_folder(pred_dir: Path, gt_dir: Path | None) -> dict[str, float]:
+def score_folder(pred_dir: Path, gt_dir: Path | None) -> dict:
+    """Mean PSNR-Y / SSIM-Y (with ground truth) and NIQE over a folder, the NIQE median, and per-image scores."""
     from osdsr.data.image_io import load_image
     from osdsr.metrics.fidelity import psnr, ssim
     from osdsr.metrics.niqe import niqe
 
-    scores: dict[str, list[float]] = {"niqe": []} if gt_dir is None else {"psnr_y": [], "ssim_y": [], "niqe": []}
+    per_image: dict[str, dict[str, float]] = {}
     for pred_path in sorted(pred_dir.iterdir()):
         pred = np.round(load_image(pred_path).pixels * 255).astype(np.uint8)
         if pred.shape[2] == 1:
             pred = np.repeat(pred, 3, axis=2)
-        scores["niqe"].append(niqe(pred))
+        scores = {"niqe": niqe(pred)}
         if gt_dir is not None:
             gt = np.round(load_image(gt_dir / pred_path.name).pixels * 255).astype(np.uint8)
             if gt.shape[2] == 1:
                 gt = np.repeat(gt, 3, axis=2)
-            scores["psnr_y"].append(psnr(pred, gt))
-            scores["ssim_y"].append(ssim(pred, gt))
-    return {k: float(np.mean(v)) for k, v in scores.items()}
+            scores.update(psnr_y=psnr(pred, gt), ssim_y=ssim(pred, gt))
+        per_image[pred_path.name] = scores
+    keys = next(iter(per_image.values())).keys()
+    summary = {k: float(np.mean([s[k] for s in per_image.values()])) for k in keys}
+    summary["niqe_median"] = float(np.median([s["niqe"] for s in per_image.values()]))
+    return {**summary, "per_image": per_image}
 
 
 SPEED_SNIPPET = """
@@ -102,19 +108,24 @@ import numpy as np, torch
 from osdsr.data.image_io import load_image
 from osdsr.inference import upscale_tensor
 from osdsr.model_loading import load_sr_model, LoadOptions
-path, name, side, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+path, name, side, runs, tile = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 pixels = load_image(path).pixels[:side, :side]
 lr = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
 model = load_sr_model(name, LoadOptions())
 times = []
+tiled = []  # with the tiling `osdsr upscale` uses by default
 with torch.inference_mode():
     upscale_tensor(model, lr, color_fix="wavelet")
     for _ in range(runs):
         start = time.perf_counter()
         out = upscale_tensor(model, lr, color_fix="wavelet")
         times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        upscale_tensor(model, lr, color_fix="wavelet", tile=tile)
+        tiled.append(time.perf_counter() - start)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"seconds_median": statistics.median(times), "seconds": times, "peak_rss_bytes": peak,
+                  "tiled_seconds_median": statistics.median(tiled), "tile": tile,
                   "output": list(out.shape[-2:]), "threads": torch.get_num_threads()}))
 """
 
@@ -122,7 +133,7 @@ print(json.dumps({"seconds_median": statistics.median(times), "seconds": times, 
 def speed(model_name: str) -> dict[str, object]:
     source = SHARED / "hr" / "plasma-workspace-wallpapers" / "Kite.jpg"  # held out; 2560x1600
     result = subprocess.run(
-        [sys.executable, "-c", SPEED_SNIPPET, str(source), model_name, str(SPEED_LR), str(SPEED_RUNS)],
+        [sys.executable, "-c", SPEED_SNIPPET, str(source), model_name, str(SPEED_LR), str(SPEED_RUNS), str(DEFAULT_TILE)],
         capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
@@ -135,21 +146,36 @@ def markdown(report: dict) -> str:
         "# Quality benchmark: one-step models vs classical baselines",
         "",
         f"Held-out photographs ({report['images']} images, {report['crop'] or 'whole'} HR crops), "
-        f"degraded by `osdsr degrade --seed {SEED}`; metrics on the SR outputs (PSNR/SSIM on Y, crop border 4).",
+        f"degraded by `osdsr degrade --seed {SEED}`; metrics on the SR outputs (PSNR/SSIM on Y, crop border 4; "
+        "NIQE: mean, and median in brackets). Speed: 512x512 -> 2048x2048, median of "
+        f"{SPEED_RUNS}, in one piece and with `osdsr upscale`'s default tiling (--tile {DEFAULT_TILE}).",
         f"Machine: {report['machine']}. All rows measured in the same run.",
         "",
-        "| model | realesrgan PSNR-Y | SSIM-Y | NIQE | mild PSNR-Y | SSIM-Y | NIQE | real LR NIQE | s/img 512->2048 | peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | realesrgan PSNR-Y | SSIM-Y | NIQE | mild PSNR-Y | SSIM-Y | NIQE | real LR NIQE "
+        "| s 512->2048 | tiled s | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def niqe(scores: dict) -> str:
+        return f"{scores['niqe']:.3f} ({scores['niqe_median']:.2f})"
+
     for name, row in report["models"].items():
         heavy, mild, real = row["realesrgan"], row["mild"], row["real_lr"]
         speed_row = row.get("speed") or {}
         seconds = f"{speed_row['seconds_median']:.2f}" if speed_row else "-"
+        tiled = f"{speed_row['tiled_seconds_median']:.2f}" if speed_row else "-"
         peak = f"{speed_row['peak_rss_bytes'] / 2**20:.0f}" if speed_row else "-"
         lines.append(
-            f"| {name} | {heavy['psnr_y']:.3f} | {heavy['ssim_y']:.4f} | {heavy['niqe']:.3f} | {mild['psnr_y']:.3f} | "
-            f"{mild['ssim_y']:.4f} | {mild['niqe']:.3f} | {real['niqe']:.3f} | {seconds} | {peak} |"
+            f"| {name} | {heavy['psnr_y']:.3f} | {heavy['ssim_y']:.4f} | {niqe(heavy)} | {mild['psnr_y']:.3f} | "
+            f"{mild['ssim_y']:.4f} | {niqe(mild)} | {niqe(real)} | {seconds} | {tiled} | {peak} |"
         )
+    names = list(report["models"])
+    lines += ["", "NIQE per held-out image, Real-ESRGAN split (a mean over 12 images moves with its outliers):", "",
+              "| image | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    images = report["models"][names[0]]["realesrgan"]["per_image"]
+    for image in images:
+        cells = [f"{report['models'][n]['realesrgan']['per_image'][image]['niqe']:.2f}" for n in names]
+        lines.append(f"| {image} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

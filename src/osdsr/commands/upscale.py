@@ -24,7 +24,7 @@ from osdsr.data.image_io import FORMAT_SUFFIX, IMAGE_FORMATS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OUTPUT_FORMATS = ("png", "same")
-DEFAULT_TILE = 256  # LR pixels: bounds memory on large photos; smaller images run in one piece
+DEFAULT_TILE = 512  # LR pixels: bounds memory on large photos (~1.5 GiB per 512 px tile with the default model); smaller images run in one piece
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, metavar="N",
                         help="sampling steps for multi-step models (ResShift); one-step models ignore it")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="N",
-                        help="tile side in LR pixels for large images; 0 processes each image in one piece "
-                             "(default: %(default)s)")
+                        help="tile side in LR pixels for large images; 0 processes each image in one piece; "
+                             "models with an SD VAE on a GPU want 128-256 (default: %(default)s)")
     parser.add_argument("--tile-overlap", type=int, default=32, metavar="N",
                         help="overlap of neighbouring tiles in LR pixels, blended with Gaussian weights "
                              "(default: %(default)s)")
