@@ -10,45 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_sd import TINY_SD_UNET, TINY_SD_VAE, TINY_SDXL_UNET
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO_ROOT / "configs" / "d3sr-tiny.yaml"
-
-# SD-2.1-shaped, a few thousand parameters: cross-attention down/up blocks, f8 KL autoencoder
-TINY_SD_UNET: dict[str, Any] = {
-    "sample_size": 8,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-    "block_out_channels": [16, 32],
-    "layers_per_block": 1,
-    "attention_head_dim": 4,
-    "cross_attention_dim": 16,
-    "use_linear_projection": True,
-    "norm_num_groups": 8,
-}
-TINY_SD_VAE: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [8, 8, 16, 16],
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "norm_num_groups": 4,
-    "sample_size": 32,
-}
-TINY_SDXL_UNET: dict[str, Any] = {
-    **TINY_SD_UNET,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-    "cross_attention_dim": 24,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 4,
-    "projection_class_embeddings_input_dim": 8 + 6 * 4,
-}
-
 
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from tiny_sd import TINY_SD_UNET, TINY_SDXL_UNET
 
 from osdsr.methods.d3sr import DiscriminatorConfig
 from osdsr.models.nad_discriminator import (
@@ -19,29 +20,7 @@ from osdsr.models.nad_discriminator import (
 )
 from osdsr.models.sd_generator import SD21_UNET_CONFIG, LoRAConfig
 
-TINY_SD21: dict[str, Any] = {
-    "sample_size": 8,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-    "block_out_channels": [16, 32],
-    "layers_per_block": 1,
-    "attention_head_dim": 4,
-    "cross_attention_dim": 16,
-    "norm_num_groups": 8,
-}
-TINY_SDXL: dict[str, Any] = {
-    **TINY_SD21,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-    "transformer_layers_per_block": [1, 2],
-    "cross_attention_dim": 24,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 4,
-    "projection_class_embeddings_input_dim": 8 + 6 * 4,  # pooled text (8) + six size/crop ids
-}
-TINY = {"sd21": TINY_SD21, "sdxl": TINY_SDXL}
+TINY = {"sd21": TINY_SD_UNET, "sdxl": TINY_SDXL_UNET}
 LORA = LoRAConfig(rank=2, alpha=2.0)
 
 
