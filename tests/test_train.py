@@ -106,6 +106,29 @@ def test_init_from_starts_at_an_exported_model_or_a_checkpoint(
     assert len(errors) == 1 and "no model.safetensors" in errors[0]
 
 
+def test_init_from_a_config_trains_that_stage_first(
+    tmp_path: Path, hr_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A two-stage recipe is one command: stage 2 names stage 1's config, which is trained when missing."""
+    import yaml
+
+    stage1 = yaml.safe_load(TINY_CONFIG.read_text())
+    stage1["data"].update(sources=[{"path": str(hr_folder)}], exclude_list=None, crop_size=32)
+    stage1["trainer"].update(batch_size=1, max_steps=2, num_threads=None)
+    (tmp_path / "stage1.yaml").write_text(yaml.safe_dump(stage1))
+    stage2 = {**stage1, "trainer": {**stage1["trainer"], "init_from": "stage1.yaml", "max_steps": 1}}
+    (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(stage2))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "stage2.yaml"]) == 0
+    assert [step for step, _ in list_checkpoints(tmp_path / "runs" / "stage1" / "checkpoints")] == [2]
+    assert (tmp_path / "runs" / "stage2" / "model" / "model.safetensors").is_file()
+    saved = (tmp_path / "runs" / "stage2" / "train_config.json").read_text()
+    assert str(Path("runs") / "stage1" / "model") in saved  # the resolved starting point is on record
+    stamp = (tmp_path / "runs" / "stage1" / "model" / "model.safetensors").stat().st_mtime_ns
+    assert main(["train", "stage2.yaml", "--output", "again"]) == 0  # stage 1 is there: not retrained
+    assert (tmp_path / "runs" / "stage1" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
 def test_an_existing_run_needs_resume(tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert train(tmp_path, 1, hr_folder, *settings(hr_folder)) == 0
     assert train(tmp_path, 2, hr_folder, *settings(hr_folder)) == 2

@@ -79,7 +79,9 @@ class TrainerConfig:
     log_every: int = 10
     tensorboard: bool = False
     num_threads: int | None = None  # torch CPU threads; None = torch's default
-    init_from: str | None = None  # start from these generator weights: an exported model folder or a checkpoint .pt
+    # start from these generator weights: an exported model folder, a checkpoint .pt, or another run's
+    # config .yaml (`osdsr train` trains that run first when its runs/<name>/model is missing)
+    init_from: str | None = None
     lr_schedule: Literal["constant", "cosine"] = "constant"  # multiplies every optimiser's lr (after warm-up)
     warmup_steps: int = 0  # linear warm-up from 0 to the configured lr
     min_lr_ratio: float = 0.0  # the cosine schedule ends at this fraction of the lr
@@ -182,7 +184,7 @@ def read_initial_weights(path: Path) -> dict[str, torch.Tensor]:
             raise ValueError(f"{path}: init_from folder has no model.safetensors (export a model folder, not a LoRA file)")
         return read_safetensors(path / "model.safetensors")[0]
     if path.suffix != ".pt" or not path.is_file():
-        raise ValueError(f"{path}: init_from must be an exported model folder or a checkpoint .pt file")
+        raise ValueError(f"{path}: init_from must be an exported model folder, a checkpoint .pt or (for osdsr train) a run config .yaml")
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state.get("ema") or state["generator"]
 

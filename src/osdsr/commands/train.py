@@ -38,6 +38,31 @@ def load_run_config(path: Path, overrides: list[str]) -> object:
     return from_dict(config_cls, data)
 
 
+def stage_output(config_path: Path) -> Path:
+    """Where ``osdsr train CONFIG`` writes by default: ``runs/<config name>``."""
+    return Path("runs") / config_path.stem
+
+
+def train_initial_stage(config: object) -> object:
+    """``trainer.init_from: other.yaml`` means "start from that run's exported model": train (or resume)
+    that run into ``runs/<name>`` first when its model is not there yet, so one command reproduces a
+    multi-stage recipe. Returns the config with ``init_from`` pointing at the model folder."""
+    init = config.trainer.init_from
+    if not init or Path(init).suffix not in (".yaml", ".yml"):
+        return config
+    stage_config = Path(init)
+    if not stage_config.is_file():
+        raise CommandError(f"trainer.init_from {init}: config file not found")
+    model = stage_output(stage_config) / "model"
+    if not model.is_dir():
+        logger.info("init_from %s: training that stage first, into %s", init, model.parent)
+        stage_args = argparse.Namespace(
+            config=stage_config, output=None, resume=True, max_steps=None, overrides=[], no_export=False
+        )
+        run(stage_args)
+    return dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, init_from=str(model)))
+
+
 def run(args: argparse.Namespace) -> int:
     from osdsr.config import to_dict
     from osdsr.methods import resolve_method
@@ -45,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
     from osdsr.weights_io import atomic_write_json
 
     config = load_run_config(args.config, args.overrides)
+    config = train_initial_stage(config)
     if args.max_steps is not None:
         if args.max_steps < 1:
             raise CommandError(f"--max-steps {args.max_steps}: must be at least 1")
         config = dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, max_steps=args.max_steps))
-    output = args.output or Path("runs") / args.config.stem
+    output = args.output or stage_output(args.config)
     if list_checkpoints(output / "checkpoints") and not args.resume:
         raise CommandError(f"{output}: holds checkpoints of an earlier run; pass --resume to continue it or choose another --output")
     _, build = resolve_method(config.method)
