@@ -1,4 +1,5 @@
-"""``osdsr complexity``: exact parameter and MAC counts of a tiny model on ``meta``, and the JSON shape."""
+"""``osdsr complexity``: exact parameter and MAC counts of a tiny model on ``meta``, the JSON shape, and the
+full-size training-only networks of the ResShift students."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from osdsr.cli import main
-from osdsr.complexity import COMPLEXITY_BUILDERS, Parts, measure
+from osdsr.complexity import COMPLEXITY_BUILDERS, TRAINING_ONLY_BUILDERS, Parts, measure
+from osdsr.methods.resshift_family import TEACHER_NETWORK
 
 SIZE, CHANNELS = 16, 8
 TOKENS = SIZE * SIZE
@@ -18,6 +20,22 @@ CONV_MACS = CHANNELS * 3 * 9 * TOKENS  # Conv2d(3, 8, 3) at 16x16
 PROJECTION_MACS = 3 * TOKENS * CHANNELS * CHANNELS  # q, k, v: Linear(8, 8) on 256 tokens
 ATTENTION_MACS = 2 * TOKENS * TOKENS * CHANNELS  # QK^T and AV
 HEAD_MACS = 3 * CHANNELS * TOKENS  # 1x1 Conv2d(8, 3) without bias
+
+# (parameters, trainable) of each part of the full-size training-only networks, counted on ``meta``
+TEACHER = {"distillation target (15 steps)": (118_593_583, 0)}  # the official ResShift Swin-UNet, frozen
+TRAINING_ONLY_PARAMS = {
+    "sinsr": {TEACHER_NETWORK: TEACHER},
+    "tadsr": {
+        "time-aware discriminator": {"teacher encoder (frozen)": (48_956_060, 0), "FiLM heads": (3_016_645, 3_016_645)},
+        TEACHER_NETWORK: {**TEACHER, "score distillation (2 evaluations)": (118_593_583, 0)},
+    },
+    "tddsr": {
+        "HR discriminator D_H": {"feature network": (4_687_296, 4_687_296), "heads": (210_692, 210_692)},
+        "learnable downsampler G": {"downsampler": (77_379, 77_379)},
+        "LR discriminator D_L": {"feature network": (1_146_304, 1_146_304), "heads": (140_611, 140_611)},
+        TEACHER_NETWORK: TEACHER,
+    },
+}
 
 
 class SelfAttention(nn.Module):
@@ -102,3 +120,59 @@ def test_sd_generator_parts_on_meta() -> None:
     assert large["vae_decoder"].macs == 4 * small["vae_decoder"].macs  # convolutions and linears: 4x the pixels
     with_attention = measure(sd_complexity_parts(64, config))
     assert with_attention["vae_decoder"].macs > large["vae_decoder"].macs  # + the mid-block attention
+
+
+def test_table_lists_training_only_networks_apart(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(COMPLEXITY_BUILDERS, "tiny", tiny_parts)
+    monkeypatch.setitem(TRAINING_ONLY_BUILDERS, "tiny", lambda size: {"critic": tiny_parts(size)})
+    assert main(["complexity", "tiny", "--size", str(SIZE), "--train"]) == 0
+    out = capsys.readouterr().out
+    generator, critic = out.split("\ntraining only, not in the total above: critic; per image: ")
+    assert generator.splitlines()[-1].startswith("total") and critic.splitlines()[-1].startswith("total")
+
+
+def parameter_counts(networks: dict[str, Parts]) -> dict[str, dict[str, tuple[int, int]]]:
+    """(parameters, trainable) of every part of every network."""
+    return {
+        network: {
+            name: (sum(p.numel() for p in module.parameters()),
+                   sum(p.numel() for p in module.parameters() if p.requires_grad))
+            for name, (module, _) in parts.items()
+        }
+        for network, parts in networks.items()
+    }
+
+
+@pytest.mark.parametrize("method", sorted(TRAINING_ONLY_PARAMS))
+def test_student_training_only_networks_have_full_size_parameters(method: str) -> None:
+    """Built from ``configs/<method>.yaml`` on ``meta``: the discriminators, downsampler and frozen teacher."""
+    assert parameter_counts(TRAINING_ONLY_BUILDERS[method](256)) == TRAINING_ONLY_PARAMS[method]
+
+
+def measure_networks(method: str, size: int, networks: list[str]) -> dict[str, dict[str, int]]:
+    """MACs of one training step of each part of the named training-only networks at output ``size``."""
+    built = TRAINING_ONLY_BUILDERS[method](size)
+    return {n: {part: c.macs for part, c in measure(built[n], train=True).items()} for n in networks}
+
+
+def test_tddsr_convolutional_networks_macs_scale_with_pixels() -> None:
+    """D_H and G see the HR output, D_L the LR image: all convolutions, so 4x the pixels is exactly 4x the MACs."""
+    networks = ["HR discriminator D_H", "learnable downsampler G", "LR discriminator D_L"]
+    small, large = measure_networks("tddsr", 256, networks), measure_networks("tddsr", 512, networks)
+    for network in networks:
+        assert all(macs > 0 for macs in small[network].values())
+        assert {part: 4 * macs for part, macs in small[network].items()} == large[network]
+
+
+def test_tadsr_discriminator_and_teacher_macs_scale_with_pixels() -> None:
+    """Convolutions and windowed attention: ~4x the MACs for 4x the pixels (the step embeddings do not grow);
+    HSD's two teacher evaluations cost 2/15 of the 15-step distillation target."""
+    networks = ["time-aware discriminator", TEACHER_NETWORK]
+    small, large = measure_networks("tadsr", 256, networks), measure_networks("tadsr", 512, networks)
+    for network in networks:
+        for part, macs in small[network].items():
+            assert macs > 0 and large[network][part] == pytest.approx(4 * macs, rel=1e-3)
+    teacher = large[TEACHER_NETWORK]
+    assert 15 * teacher["score distillation (2 evaluations)"] == 2 * teacher["distillation target (15 steps)"]

@@ -18,6 +18,7 @@ Conventions:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,12 +63,33 @@ def _d3sr_discriminators(size: int) -> dict[str, Parts]:
     return discriminator_complexity_parts(size)
 
 
+def _student_training_networks(method: str) -> Callable[[int], dict[str, Parts]]:
+    """The builder ``osdsr.methods.<method>.training_complexity_parts``, imported when first called."""
+
+    def build(size: int) -> dict[str, Parts]:
+        return importlib.import_module(f"osdsr.methods.{method}").training_complexity_parts(size)
+
+    return build
+
+
 # method -> builder(output size) of its training-only networks on ``meta``: network name -> parts
 TRAINING_ONLY_BUILDERS: dict[str, Callable[[int], dict[str, Parts]]] = {
     "d3sr": _d3sr_discriminators,  # SD-2.1 and SDXL noise-aware discriminators (D3SR Table 6)
     "dfosd": _d3sr_discriminators,
+    "sinsr": _student_training_networks("sinsr"),  # the frozen 15-step ResShift teacher
+    "tadsr": _student_training_networks("tadsr"),  # time-aware discriminator on the teacher's encoder; teacher + HSD
+    "tddsr": _student_training_networks("tddsr"),  # D_H, downsampler G, D_L (Table 5 paths); teacher
 }
 
+
+def meta_zeros(channels: int, side: int) -> torch.Tensor:
+    """One example input ``[1, channels, side, side]`` on ``meta``, for an input builder."""
+    return torch.zeros(1, channels, side, side, device="meta")
+
+
+def meta_steps() -> torch.Tensor:
+    """One diffusion step index ``[1]`` (long) on ``meta``, for an input builder."""
+    return torch.zeros(1, dtype=torch.long, device="meta")
 
 
 class ComplexityPart(nn.Module):

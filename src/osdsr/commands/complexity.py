@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='print {"parts": {NAME: {"params", "trainable", "macs"}}, "total": {...}} as JSON')
     parser.add_argument("--train", action="store_true",
                         help="count one training step (forward + backward) instead of inference (forward), "
-                             "and report the training-only networks (discriminators) apart")
+                             "and report the training-only networks (discriminators, teachers) apart")
     parser.add_argument("--layers-only", action="store_true",
                         help="count only convolutions and linear layers, as the papers' module-hook counters "
                              "(thop, ptflops) do; leaves out attention's QK^T and AV products")
@@ -45,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.method}: {args.size}x{args.size} output, MACs of one {what}, {convention}")
     print(format_table(report))
     for name, part in extra.items():
-        print(f"\ntraining only, not in the total above: {name}, one forward + backward on one noised latent")
+        print(f"\ntraining only, not in the total above: {name}; per image: forward, and backward where it trains")
         print(format_table(part))
     return 0

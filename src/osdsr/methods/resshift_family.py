@@ -17,6 +17,8 @@ teacher's multi-step deterministic output:
   --model`` runs in one deterministic step;
 - ``StudentOptimizerConfig`` / ``StudentMethod``: the optimiser settings and the generic method parts
   (optimisers, SR model for validation, export) that the three methods would otherwise repeat.
+- ``meta_teacher(steps)`` / ``teacher_complexity_parts(teacher, size)``: the official full-size teacher on
+  ``meta`` and its distillation target as a part, for ``osdsr complexity --train``.
 
 Tensor conventions: batches hold ``lr`` [B, 3, h, w] and ``hr`` [B, 3, 4h, 4w] in [0, 1]; latents
 live on the LR grid (f4 autoencoder, x4 SR).
@@ -26,12 +28,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from osdsr.complexity import ComplexityPart, Parts, meta_zeros
 from osdsr.diffusion.resshift import ResShiftSchedule
 from osdsr.models.classical import bicubic_upsample
 from osdsr.models.resshift_sr import (
@@ -41,6 +45,8 @@ from osdsr.models.resshift_sr import (
     TEACHER_TYPE,
     ResShiftModelConfig,
     ResShiftSR,
+    build_resshift_sr_model,
+    complexity_latent_side,
     save_resshift_model,
 )
 from osdsr.models.resshift_unet import SwinUNet
@@ -218,6 +224,29 @@ def export_student(student: nn.Module, teacher: Teacher, path: str | Path, model
         return save_resshift_model(path, student_sr_model(student, teacher, model_type), overwrite=True)
     finally:
         student.train(was_training)
+
+
+TEACHER_NETWORK = "teacher (ResShift denoiser, frozen)"  # its name in osdsr complexity --train
+
+
+def meta_teacher(steps: int) -> Teacher:
+    """The official full-size ResShift teacher (``ResShiftModelConfig()``) on ``meta``: nothing is allocated."""
+    with torch.device("meta"):
+        model = build_resshift_sr_model(ResShiftModelConfig())
+    return Teacher(model.config, model.denoiser, model.autoencoder, steps)
+
+
+def teacher_complexity_parts(teacher: Teacher, size: int) -> Parts:
+    """The teacher's distillation target (``teacher_target``: ``teacher.steps`` denoiser evaluations, no
+    gradients) for an output of ``size`` x ``size``, as a part on ``meta``."""
+    latent = complexity_latent_side(size, teacher.config.denoiser)
+    channels = teacher.config.latent_channels
+
+    def y_lr_and_noise() -> tuple[torch.Tensor, ...]:
+        return meta_zeros(channels, latent), meta_zeros(3, latent), meta_zeros(channels, latent)
+
+    target = ComplexityPart(functools.partial(teacher_target, teacher), [teacher.denoiser])
+    return {f"distillation target ({teacher.steps} steps)": (target, y_lr_and_noise)}
 
 
 @dataclass

@@ -28,12 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from osdsr.complexity import Parts
 from osdsr.losses.distillation import vanilla_distillation_loss
+from osdsr.methods import full_config
 from osdsr.methods.resshift_family import (
+    TEACHER_NETWORK,
     StudentMethod,
     StudentOptimizerConfig,
     TeacherConfig,
     load_teacher,
+    meta_teacher,
+    teacher_complexity_parts,
     teacher_target,
 )
 from osdsr.train import DataConfig, TrainerConfig
@@ -61,6 +66,13 @@ class SinSRConfig:
     optimizer: StudentOptimizerConfig = field(default_factory=StudentOptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+
+def training_complexity_parts(size: int) -> dict[str, Parts]:
+    """SinSR's training-only network at the full size of ``configs/sinsr.yaml``, on ``meta``, for
+    ``osdsr complexity --train``: the frozen teacher's distillation target for a ``size`` x ``size`` output."""
+    config: SinSRConfig = full_config("sinsr")
+    return {TEACHER_NETWORK: teacher_complexity_parts(meta_teacher(config.teacher.steps), size)}
 
 
 class SinSRMethod(StudentMethod):

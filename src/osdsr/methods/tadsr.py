@@ -23,6 +23,7 @@ Weights lambda1 = 1, lambda2 = 0.02 and 30k iterations are the paper's real-SR s
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from osdsr.complexity import ComplexityPart, InputBuilder, Parts, meta_steps, meta_zeros
 from osdsr.losses.adversarial import hinge_discriminator_loss, hinge_generator_loss
 from osdsr.losses.distillation import (
     HSD_FIRST_STEP,
@@ -39,16 +41,23 @@ from osdsr.losses.distillation import (
     sample_hsd_steps,
     vanilla_distillation_loss,
 )
+from osdsr.methods import full_config
 from osdsr.methods.resshift_family import (
+    TEACHER_NETWORK,
     StudentMethod,
     StudentOptimizerConfig,
+    Teacher,
     TeacherConfig,
     draw_prior_noise,
     load_teacher,
+    meta_teacher,
+    teacher_complexity_parts,
 )
+from osdsr.models.resshift_sr import complexity_latent_side
 from osdsr.models.time_aware_discriminator import (
     TimeAwareDiscriminator,
     encoder_feature_channels,
+    encoder_feature_sides,
     teacher_encoder_features,
 )
 from osdsr.train import DataConfig, TrainerConfig, gradients_off
@@ -78,6 +87,61 @@ class TADSRConfig:
     optimizer: StudentOptimizerConfig = field(default_factory=StudentOptimizerConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=30_000))
     data: DataConfig = field(default_factory=DataConfig)
+
+
+def _discriminator_parts(teacher: Teacher, config: TimeAwareDiscriminatorConfig, size: int) -> Parts:
+    """The time-aware discriminator on one noised latent: the frozen teacher's encoder (Eq. 9), then the
+    trainable FiLM heads (Eq. 10) on its features."""
+    denoiser = teacher.denoiser
+    channels = encoder_feature_channels(denoiser.config)
+    with torch.device("meta"):
+        discriminator = TimeAwareDiscriminator(channels, config.head_channels, config.embed_dim)
+    latent = complexity_latent_side(size, denoiser.config)
+    sides = encoder_feature_sides(denoiser.config, latent)
+
+    def noised_latent() -> tuple[torch.Tensor, ...]:
+        return meta_zeros(teacher.config.latent_channels, latent), meta_steps(), meta_zeros(3, latent)
+
+    def step_and_features() -> tuple[torch.Tensor, ...]:
+        return meta_steps(), *(meta_zeros(c, s) for c, s in zip(channels, sides))
+
+    encoder = ComplexityPart(
+        functools.partial(teacher_encoder_features, denoiser),
+        [denoiser.time_embed, denoiser.input_blocks, denoiser.middle_block],
+    )
+    heads = ComplexityPart(lambda t, *features: discriminator(features, t), [discriminator])
+    return {"teacher encoder (frozen)": (encoder, noised_latent), "FiLM heads": (heads, step_and_features)}
+
+
+def _score_distillation_part(teacher: Teacher, size: int) -> tuple[nn.Module, InputBuilder]:
+    """HSD's two frozen-teacher evaluations (Eq. 7-8): the student's and the teacher's outputs noised to t'."""
+    denoiser = teacher.denoiser
+    latent = complexity_latent_side(size, denoiser.config)
+    channels = teacher.config.latent_channels
+
+    def both(
+        z_student: torch.Tensor, z_teacher: torch.Tensor, t: torch.Tensor, lr_cond: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return denoiser(z_student, t, lr_cond), denoiser(z_teacher, t, lr_cond)
+
+    def inputs() -> tuple[torch.Tensor, ...]:
+        return meta_zeros(channels, latent), meta_zeros(channels, latent), meta_steps(), meta_zeros(3, latent)
+
+    return ComplexityPart(both, [denoiser]), inputs
+
+
+def training_complexity_parts(size: int) -> dict[str, Parts]:
+    """TAD-SR's training-only networks at the full size of ``configs/tadsr.yaml``, on ``meta``, for
+    ``osdsr complexity --train``: the time-aware discriminator and the frozen teacher (distillation
+    target and HSD), for an output of ``size`` x ``size``."""
+    config: TADSRConfig = full_config("tadsr")
+    teacher = meta_teacher(config.teacher.steps)
+    teacher_parts = teacher_complexity_parts(teacher, size)
+    teacher_parts["score distillation (2 evaluations)"] = _score_distillation_part(teacher, size)
+    return {
+        "time-aware discriminator": _discriminator_parts(teacher, config.discriminator, size),
+        TEACHER_NETWORK: teacher_parts,
+    }
 
 
 class TADSRMethod(StudentMethod):

@@ -33,18 +33,27 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from osdsr.complexity import Parts, meta_zeros
 from osdsr.losses.adversarial import nonsaturating_discriminator_loss
 from osdsr.losses.distillation import vanilla_distillation_loss
+from osdsr.methods import full_config
 from osdsr.methods.resshift_family import (
+    TEACHER_NETWORK,
     StudentMethod,
     StudentOptimizerConfig,
     TeacherConfig,
     export_student,
     load_teacher,
+    meta_teacher,
     student_sr_model,
+    teacher_complexity_parts,
 )
 from osdsr.models.downsampler import LearnableDownsampler
-from osdsr.models.feature_discriminator import FeatureDiscriminator, FeatureDiscriminatorConfig
+from osdsr.models.feature_discriminator import (
+    FeatureDiscriminator,
+    FeatureDiscriminatorConfig,
+    feature_discriminator_complexity_parts,
+)
 from osdsr.models.resshift_sr import SCALE, ResShiftSR
 from osdsr.models.resshift_unet import SwinUNet
 from osdsr.train import DataConfig, TrainerConfig, gradients_off
@@ -120,6 +129,23 @@ def discriminator_cross_entropy(
 ) -> torch.Tensor:
     """``-E[log D(real)] - E[log(1 - D(fake))]``, averaged over heads (TDDSR Eq. 7 and Eq. 9, bounded form)."""
     return nonsaturating_discriminator_loss(real_logits, fake_logits) / len(real_logits)
+
+
+def training_complexity_parts(size: int) -> dict[str, Parts]:
+    """TDDSR's training-only networks at the full size of ``configs/tddsr.yaml``, on ``meta``, for
+    ``osdsr complexity --train``: D_H on the ``size`` x ``size`` HR output, the downsampler G from it,
+    D_L on the LR image, and the frozen teacher's distillation target."""
+    config: TDDSRConfig = full_config("tddsr")
+    with torch.device("meta"):
+        hr_discriminator = FeatureDiscriminator(config.hr_discriminator)
+        downsampler = LearnableDownsampler(SCALE, config.downsampler.channels)
+        lr_discriminator = FeatureDiscriminator(config.lr_discriminator)
+    return {
+        "HR discriminator D_H": feature_discriminator_complexity_parts(hr_discriminator, size),
+        "learnable downsampler G": {"downsampler": (downsampler, lambda: (meta_zeros(3, size),))},
+        "LR discriminator D_L": feature_discriminator_complexity_parts(lr_discriminator, size // SCALE),
+        TEACHER_NETWORK: teacher_complexity_parts(meta_teacher(config.teacher.steps), size),
+    }
 
 
 class TDDSRMethod(StudentMethod):

@@ -13,11 +13,14 @@ The same class serves as TDDSR's HR discriminator (on [-1, 1] HR images) and, as
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+from osdsr.complexity import ComplexityPart, Parts, meta_zeros
 
 LEAKY_SLOPE = 0.2
 NORM_GROUPS = 8
@@ -104,4 +107,27 @@ class FeatureDiscriminator(nn.Module):
         self.features.requires_grad_(config.train_features)
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
-        return [head(f) for head, f in zip(self.heads, self.features(image))]
+        return self.judge(self.features(image))
+
+    def judge(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The heads' logits on the feature network's outputs."""
+        return [head(f) for head, f in zip(self.heads, features)]
+
+
+def feature_discriminator_complexity_parts(discriminator: FeatureDiscriminator, side: int) -> Parts:
+    """``discriminator`` (built on ``meta``) as parts, feature network then heads, on one ``side`` x ``side``
+    image, for ``osdsr complexity --train``."""
+    channels = discriminator.config.channels
+    image_channels = discriminator.features.stages[0][0].in_channels
+    sides = [side]
+    for _ in channels:
+        sides.append((sides[-1] + 1) // 2)  # a 3x3 convolution of stride 2, padding 1
+
+    def image() -> tuple[torch.Tensor, ...]:
+        return (meta_zeros(image_channels, side),)
+
+    def features() -> tuple[torch.Tensor, ...]:
+        return tuple(meta_zeros(c, s) for c, s in zip(channels, sides[1:]))
+
+    heads = ComplexityPart(lambda *maps: discriminator.judge(maps), [discriminator.heads])
+    return {"feature network": (discriminator.features, image), "heads": (heads, features)}

@@ -230,6 +230,13 @@ def load_resshift_sr_model(path: Path, options: LoadOptions) -> ResShiftSR:
     return model.eval().to(device=options.device, dtype=options.dtype)
 
 
+def complexity_latent_side(size: int, denoiser: SwinUNetConfig) -> int:
+    """Latent side of a ``size`` x ``size`` output for a complexity report; refuses sizes the denoiser cannot take."""
+    size_multiple = LATENT_STRIDE * denoiser.size_multiple
+    if size % size_multiple:
+        raise ValueError(f"size {size}: the ResShift denoiser needs multiples of {size_multiple}")
+    return size // LATENT_STRIDE
+
 
 def resshift_complexity_parts(
     size: int, model_type: ModelType = TEACHER_TYPE
@@ -242,12 +249,9 @@ def resshift_complexity_parts(
     from osdsr.complexity import ComplexityPart
 
     config = dataclasses.replace(ResShiftModelConfig(), model_type=model_type)
-    size_multiple = LATENT_STRIDE * config.denoiser.size_multiple
-    if size % size_multiple:
-        raise ValueError(f"size {size}: the ResShift denoiser needs multiples of {size_multiple}")
+    latent = complexity_latent_side(size, config.denoiser)
     with torch.device("meta"):
         model = build_resshift_sr_model(config)
-    latent = size // LATENT_STRIDE
     ae = model.autoencoder
     meta = torch.device("meta")
 

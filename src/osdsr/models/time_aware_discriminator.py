@@ -41,6 +41,12 @@ def encoder_feature_channels(config: SwinUNetConfig) -> list[int]:
     return [*widths, widths[-1]]
 
 
+def encoder_feature_sides(config: SwinUNetConfig, latent_side: int) -> list[int]:
+    """Sides of the features ``teacher_encoder_features`` returns for a latent of side ``latent_side``."""
+    sides = [latent_side // 2**level for level in range(len(config.channel_mult))]
+    return [*sides, sides[-1]]
+
+
 def teacher_encoder_features(
     denoiser: SwinUNet, sample: torch.Tensor, timesteps: torch.Tensor, lq: torch.Tensor
 ) -> list[torch.Tensor]:
