@@ -252,7 +252,7 @@ def resshift_complexity_parts(
     latent = complexity_latent_side(size, config.denoiser)
     with torch.device("meta"):
         model = build_resshift_sr_model(config)
-    ae = model.autoencoder
+    ae = model.autoencoder.requires_grad_(False)  # frozen in every ResShift-family method: only the denoiser trains
     meta = torch.device("meta")
 
     def lr_image() -> tuple[torch.Tensor, ...]:
