@@ -176,7 +176,7 @@ def set_lr_factor(optimizers: Iterable[torch.optim.Optimizer], factor: float) ->
 
 def read_initial_weights(path: Path) -> dict[str, torch.Tensor]:
     """Generator weights to start from: an exported model folder (``model.safetensors``) or a
-    training checkpoint (its EMA weights when it has them)."""
+    training checkpoint (its EMA parameters when it has them, with its buffers)."""
     from osdsr.weights_io import read_safetensors
 
     if path.is_dir():
@@ -186,7 +186,7 @@ def read_initial_weights(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix != ".pt" or not path.is_file():
         raise ValueError(f"{path}: init_from must be an exported model folder, a checkpoint .pt or (for osdsr train) a run config .yaml")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("ema") or state["generator"]
+    return {**state["generator"], **state.get("ema", {})}  # EMA parameters over the raw ones, buffers kept
 
 
 def load_initial_weights(module: nn.Module, path: Path) -> None:
