@@ -207,7 +207,8 @@ def _prompt_embedding(config: SDGeneratorConfig, cross_attention_dim: int) -> to
         )
         with torch.no_grad():
             return encoder(tokens.input_ids)[0].float()
-    logger.info("no text encoder in the base folder: prompt embedding starts at zeros")
+    if root is not None:  # a model folder without a base brings its trained embedding: nothing to say
+        logger.info("no text encoder in the base folder: prompt embedding starts at zeros")
     return torch.zeros(1, config.prompt_length, cross_attention_dim)
 
 
