@@ -39,6 +39,7 @@ CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})\.pt$")
 class SourceConfig:
     path: str
     weight: float = 1.0
+    in_memory: bool = True  # False: decode images per batch (training sets larger than memory)
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ class TrainingData:
             raise ValueError(f"data.crop_size {config.crop_size} must be a multiple of the scale {scale}")
         self.presets = [(DEGRADATION_PRESETS[d.preset], d.weight) for d in config.degradations]
         self.dataset = HRImageDataset(
-            [ImageSource(s.path, s.weight) for s in config.sources],
+            [ImageSource(s.path, s.weight, s.in_memory) for s in config.sources],
             config.crop_size,
             seed=seed,
             length=2**62,

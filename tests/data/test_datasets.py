@@ -152,3 +152,28 @@ def test_paired_mismatches_are_reported(paired: tuple[Path, Path]) -> None:
     _write(hr_dir / "p1.png", 40, 48, seed=1)  # no longer x4 of its LR
     with pytest.raises(ValueError, match="exactly x4"):
         PairedImageDataset(lr_dir, hr_dir, seed=0, augment=False)[1]
+
+
+def test_lazy_source_gives_the_same_items_and_decodes_nothing_up_front(
+    hr_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(hr_folder / "small.png", 20, 40, seed=5)  # padded up to the crop
+    rotated = Image.fromarray(np.random.default_rng(6).integers(0, 256, (34, 60, 3), dtype=np.uint8))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # a quarter turn: upright it is 60 x 34
+    rotated.save(hr_folder / "rotated.jpg", exif=exif)
+    (hr_folder / "broken.png").write_bytes(b"not an image")
+    eager = HRImageDataset([ImageSource(hr_folder)], 32, seed=1, length=40)
+
+    import osdsr.data.datasets as datasets
+
+    decoded = []
+    real_load = datasets.load_image
+    monkeypatch.setattr(datasets, "load_image", lambda path: decoded.append(path) or real_load(path))
+    lazy = HRImageDataset([ImageSource(hr_folder, in_memory=False)], 32, seed=1, length=40)
+    assert decoded == []  # headers only
+    assert [i.name for i in lazy.images[0]] == [i.name for i in eager.images[0]]  # same skips, same order
+    assert [i.size for i in lazy.images[0]] == [i.size for i in eager.images[0]]
+    for index in range(40):
+        assert torch.equal(lazy[index]["hr"], eager[index]["hr"]) and lazy[index]["name"] == eager[index]["name"]
+    assert {Path(p).name for p in decoded} >= {"rotated.jpg", "small.png"}

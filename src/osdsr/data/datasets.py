@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from osdsr.data.image_io import IMAGE_FORMATS, load_image
+from osdsr.data.image_io import IMAGE_FORMATS, ORIENTATION_TAG, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -33,18 +34,23 @@ class ImageSource:
 
     path: str | Path
     weight: float = 1.0
+    in_memory: bool = True  # decode every image once, up front; False: read sizes only, decode per item
 
 
 @dataclass(frozen=True)
-class _CachedImage:
+class _SourceImage:
     name: str  # path relative to its source folder (or as written in the list)
-    pixels: np.ndarray  # HxWxC uint8, C = 1 or 3, at least crop x crop (reflect-padded)
+    path: Path
+    size: tuple[int, int]  # (height, width) after EXIF rotation and padding to the crop
+    pixels: np.ndarray | None  # HxWxC uint8, C = 1 or 3, padded to at least crop x crop; None: decoded per item
 
 
 class HRImageDataset(Dataset):
     """Random ``crop_size`` HR crops from weighted image sources: items ``{"hr": [3, c, c] in [0, 1], "name"}``.
 
-    Every image is decoded once, at construction, and kept in memory as 8-bit samples. Gray images
+    Every image is decoded once, at construction, and kept in memory as 8-bit samples, unless its source
+    says ``in_memory=False``: then only the image headers are read up front and each item decodes its
+    image (same items either way; for training sets too large for memory). Gray images
     become 3-channel. An image smaller than the crop is reflect-padded up to it; one with a side shorter
     than half the crop is skipped with a warning, as is a file that cannot be decoded. ``exclude``
     names files never used (by file name, path relative to the source folder, or full path), e.g. a
@@ -75,7 +81,7 @@ class HRImageDataset(Dataset):
         self.augment = augment
         excluded = {str(item) for item in exclude}
         self.weights = tuple(float(source.weight) for source in sources)
-        self.images: tuple[tuple[_CachedImage, ...], ...] = tuple(
+        self.images: tuple[tuple[_SourceImage, ...], ...] = tuple(
             self._load_source(source, excluded) for source in sources
         )
 
@@ -89,32 +95,58 @@ class HRImageDataset(Dataset):
         source = _choice(generator, self.weights)
         images = self.images[source]
         image = images[int(torch.randint(len(images), (1,), generator=generator))]
-        height, width = image.pixels.shape[:2]
+        height, width = image.size
         top = int(torch.randint(height - self.crop_size + 1, (1,), generator=generator))
         left = int(torch.randint(width - self.crop_size + 1, (1,), generator=generator))
-        crop = image.pixels[top : top + self.crop_size, left : left + self.crop_size]
+        pixels = image.pixels if image.pixels is not None else self._decode(image.path, image.size)
+        crop = pixels[top : top + self.crop_size, left : left + self.crop_size]
         (hr,) = augment([_to_tensor(crop)], generator) if self.augment else (_to_tensor(crop),)
         return {"hr": hr, "name": image.name}
 
-    def _load_source(self, source: ImageSource, excluded: set[str]) -> tuple[_CachedImage, ...]:
-        cached = []
+    def _decode(self, path: Path, expected: tuple[int, int] | None = None) -> np.ndarray:
+        """The image as 8-bit samples padded to the crop (``ValueError`` naming the file when unusable)."""
+        pixels = load_image(path).pixels
+        height, width = pixels.shape[:2]
+        if min(height, width) < MIN_SIDE_FRACTION * self.crop_size:
+            raise ValueError(
+                f"{path}: {width}x{height} has a side shorter than {MIN_SIDE_FRACTION * self.crop_size:g} pixels"
+            )
+        pixels = _pad_to(_to_uint8(pixels), self.crop_size)
+        if expected is not None and pixels.shape[:2] != expected:
+            raise ValueError(f"{path}: decodes to {pixels.shape[:2]}, its header said {expected}; was it replaced?")
+        return pixels
+
+    def _header_size(self, path: Path) -> tuple[int, int]:
+        """(height, width) as ``_decode`` will give it, from the header alone (EXIF rotation applied)."""
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+                if img.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):  # a quarter turn swaps the sides
+                    width, height = height, width
+        except (OSError, Image.UnidentifiedImageError):
+            raise ValueError(f"{path}: not a readable image (unknown or corrupt format)") from None
+        if min(height, width) < MIN_SIDE_FRACTION * self.crop_size:
+            raise ValueError(
+                f"{path}: {width}x{height} has a side shorter than {MIN_SIDE_FRACTION * self.crop_size:g} pixels"
+            )
+        return max(height, self.crop_size), max(width, self.crop_size)
+
+    def _load_source(self, source: ImageSource, excluded: set[str]) -> tuple[_SourceImage, ...]:
+        images = []
         for name, path in _list_source(Path(source.path)):
             if excluded & {name, path.name, str(path), str(path.resolve())}:
                 continue
             try:
-                pixels = load_image(path).pixels
+                if source.in_memory:
+                    pixels = self._decode(path)
+                    images.append(_SourceImage(name, path, pixels.shape[:2], pixels))
+                else:
+                    images.append(_SourceImage(name, path, self._header_size(path), None))
             except ValueError as exc:
                 logger.warning("skipping %s", exc)  # the message names the file
-                continue
-            height, width = pixels.shape[:2]
-            if min(height, width) < MIN_SIDE_FRACTION * self.crop_size:
-                shortest = MIN_SIDE_FRACTION * self.crop_size
-                logger.warning("skipping %s: %dx%d has a side shorter than %g pixels", path, width, height, shortest)
-                continue
-            cached.append(_CachedImage(name, _pad_to(_to_uint8(pixels), self.crop_size)))
-        if not cached:
+        if not images:
             raise ValueError(f"{source.path}: no usable image (none decodes, all excluded or all too small)")
-        return tuple(cached)
+        return tuple(images)
 
 
 class PairedImageDataset(Dataset):
