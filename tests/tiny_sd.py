@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from osdsr.models.sd_generator import SD21_VAE_CONFIG
+
 # SD-2.1-shaped, a few thousand parameters: cross-attention down/up blocks, f8 KL autoencoder
 TINY_SD_UNET: dict[str, Any] = {
     "sample_size": 8,
@@ -18,14 +20,10 @@ TINY_SD_UNET: dict[str, Any] = {
     "use_linear_projection": True,
     "norm_num_groups": 8,
 }
-TINY_SD_VAE: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
+TINY_SD_VAE: dict[str, Any] = {  # SD-2.1's VAE config, narrowed
+    **SD21_VAE_CONFIG,
     "block_out_channels": [8, 8, 16, 16],
     "layers_per_block": 1,
-    "latent_channels": 4,
     "norm_num_groups": 4,
     "sample_size": 32,
 }
