@@ -14,6 +14,7 @@ from osdsr import complexity
 from osdsr.cli import main
 from osdsr.commands.train import load_run_config
 from osdsr.losses.edges import sobel_magnitude
+from osdsr.losses.lattice import lattice_loss
 from osdsr.methods.d3sr import D3SRMethod
 from osdsr.models import nad_discriminator
 from osdsr.models.sd_generator import upsample_lr
@@ -59,6 +60,17 @@ def test_spatial_terms_are_eq8_with_the_edge_term() -> None:
     expected_edge = 0.3 * (sobel_magnitude(x_pred) - sobel_magnitude(data["hr"])).abs().mean()
     torch.testing.assert_close(terms["edge"], expected_edge)
     torch.testing.assert_close(cache["z_hr_pred"], z_hr)
+
+
+def test_the_lattice_term_uses_the_latent_grid_period() -> None:
+    d3sr = method("loss.lattice_weight=2.0", "loss.edge_weight=0", "discriminator.kind=none")
+    data = batch()
+    terms, _ = d3sr.generator_losses(data, d3sr.generator, None, step_generator(0, 0, 0, CPU))
+    with torch.no_grad():
+        x_pred = (d3sr.generator(upsample_lr(data["lr"]))[1] + 1) / 2
+    stride = d3sr.generator.latent_stride
+    assert d3sr.perceptual is None and set(terms) == {"mse", "lattice"}
+    torch.testing.assert_close(terms["lattice"], 2.0 * lattice_loss(x_pred, data["hr"], period=stride))
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from osdsr.losses.adversarial import ADVERSARIAL_LOSSES
 from osdsr.losses.edges import sobel_magnitude
+from osdsr.losses.lattice import lattice_loss
 from osdsr.models.discriminators import LatentPatchDiscriminator
 from osdsr.models.sd_generator import (
     LoRAConfig,
@@ -53,6 +54,7 @@ class LossConfig:
     head_weights: str | None = None  # official LPIPS linear heads / DISTS alpha-beta file
     allow_random_perceptual: bool = False  # tests only: random VGG instead of refusing to start
     edge_weight: float = 0.0  # optional L1 between Sobel maps (D3SR Eq. 6-7), for weight-free training
+    lattice_weight: float = 0.0  # optional penalty on the error pattern with the latent grid's period
     adversarial: Literal["nonsaturating", "hinge"] = "nonsaturating"  # D3SR Eq. 2-3
     adversarial_weight: float = 0.5  # lambda1 (D3SR Eq. 8)
 
@@ -186,6 +188,9 @@ class D3SRMethod:
             terms["perceptual"] = loss.perceptual_weight * self.perceptual(x_pred, hr)
         if loss.edge_weight:
             terms["edge"] = loss.edge_weight * F.l1_loss(sobel_magnitude(x_pred), sobel_magnitude(hr))
+        if loss.lattice_weight:
+            stride = self.generator.latent_stride
+            terms["lattice"] = loss.lattice_weight * lattice_loss(x_pred, hr, period=stride)
         if discriminator is not None and loss.adversarial_weight:
             # gradients reach z_H through the discriminator, not its weights; called without its
             # DistributedDataParallel wrapper, which would wait for weight gradients that never come
