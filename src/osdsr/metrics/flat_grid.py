@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from osdsr.metrics.luma import rgb_to_y
+from osdsr.metrics.luma import Y_FROM_RGB, Y_OFFSET, rgb_to_y
 
 DEFAULT_PERIOD = 8  # a multiple of the f4 and f8 latent grids' periods
 DEFAULT_FLAT_STD = 2.0  # 8-bit levels
@@ -31,7 +31,7 @@ def flat_area_grid(image: np.ndarray, period: int = DEFAULT_PERIOD, flat_std: fl
     ``image`` is HxWx3 RGB or gray, uint8 / uint16 / float in [0, 1]. Returns NaN when fewer than
     16 blocks are flat (nothing to measure).
     """
-    luma = (rgb_to_y(image) - 16.0) * 255.0 / 219.0  # full-range 8-bit levels
+    luma = (rgb_to_y(image) - Y_OFFSET) * 255.0 / Y_FROM_RGB.sum()  # full-range 8-bit levels
     height, width = (luma.shape[0] // period) * period, (luma.shape[1] // period) * period
     blocks = luma[:height, :width].reshape(height // period, period, width // period, period)
     blocks = blocks.transpose(0, 2, 1, 3).reshape(-1, period, period)
