@@ -79,6 +79,19 @@ def test_resume_replays_the_same_losses(tmp_path: Path, hr_folder: Path) -> None
     assert all(torch.allclose(model_a[k], model_b[k], atol=1e-6) for k in model_a)
 
 
+def test_prefetching_the_next_batch_changes_no_number(tmp_path: Path, hr_folder: Path) -> None:
+    """The batch made one step ahead on a second thread == the batch made in the step (losses and weights
+    equal bit for bit), with gradient accumulation so that micro-steps and steps differ."""
+    extra = settings(hr_folder, "trainer.ema_decay=0.9", "trainer.gradient_accumulation_steps=2")
+    assert train(tmp_path / "ahead", 12, hr_folder, *extra) == 0
+    assert train(tmp_path / "inline", 12, hr_folder, *extra, "--set", "trainer.prefetch=false") == 0
+    assert losses(tmp_path / "ahead") == losses(tmp_path / "inline")
+    model_a, _ = read_safetensors(tmp_path / "ahead" / "model" / "model.safetensors")
+    model_b, _ = read_safetensors(tmp_path / "inline" / "model" / "model.safetensors")
+    assert model_a.keys() == model_b.keys()
+    assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
+
+
 def test_lr_schedule_warms_up_then_follows_a_cosine() -> None:
     config = TrainerConfig(max_steps=110, lr_schedule="cosine", warmup_steps=10, min_lr_ratio=0.1)
     assert [lr_factor(config, s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])

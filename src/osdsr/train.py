@@ -19,6 +19,7 @@ import math
 import re
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,7 @@ class TrainerConfig:
     log_every: int = 10
     tensorboard: bool = False
     num_threads: int | None = None  # torch CPU threads; None = torch's default
+    prefetch: bool = True  # degrade the next batch on a second thread while this step trains (same numbers)
     # start from these generator weights: an exported model folder, a checkpoint .pt, or another run's
     # config .yaml (`osdsr train` trains that run first when its runs/<name>/model is missing)
     init_from: str | None = None
@@ -390,11 +392,15 @@ class Trainer:
                     self._tensorboard.add_scalar(key, value, int(row["step"]))
 
     # ---- one optimiser step --------------------------------------------------------------------
-    def _micro_step(self, micro: int) -> dict[str, float]:
+    def _prepare(self, micro: int) -> tuple[dict[str, torch.Tensor], torch.Generator]:
+        """The batch of micro-step ``micro`` and its generator, as the degradation left it."""
         acc = self.accelerator
         rng = step_generator(self.config.seed, micro, acc.process_index, acc.device)
         indices = batch_indices(micro, acc.process_index, acc.num_processes, self.config.batch_size)
-        batch = self.data.batch(indices, rng, acc.device)
+        return self.data.batch(indices, rng, acc.device), rng
+
+    def _micro_step(self, batch: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, float]:
+        acc = self.accelerator
         logs: dict[str, float] = {}
         with acc.accumulate(self.generator):
             with acc.autocast():
@@ -443,11 +449,22 @@ class Trainer:
         running: dict[str, list[float]] = {}
         start = time.time()
         self.generator.train()
+        # One batch ahead: the batch of micro-step k is a pure function of (seed, k, rank), so making it on
+        # another thread changes no number; torch releases the GIL, so on a CPU it runs on a second core.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="osdsr-data") if self.config.prefetch else None
+        ahead: dict[int, Future] = {}
+
+        def batch_of(micro: int) -> tuple[dict[str, torch.Tensor], torch.Generator]:
+            prepared = ahead.pop(micro).result() if micro in ahead else self._prepare(micro)
+            if pool is not None and micro + 1 < total * accum:
+                ahead[micro + 1] = pool.submit(self._prepare, micro + 1)
+            return prepared
+
         try:  # the bar ends its line before any error message
             while self.step < total:
                 set_lr_factor(self.optimizers.values(), lr_factor(self.config, self.step))
                 for k in range(accum):
-                    logs = self._micro_step(self.step * accum + k)
+                    logs = self._micro_step(*batch_of(self.step * accum + k))
                     for key, value in logs.items():
                         running.setdefault(key, []).append(value)
                 if self.ema is not None:
@@ -466,6 +483,8 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         return last
 
     # ---- validation and export -----------------------------------------------------------------
