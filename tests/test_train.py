@@ -79,6 +79,20 @@ def test_resume_replays_the_same_losses(tmp_path: Path, hr_folder: Path) -> None
     assert all(torch.allclose(model_a[k], model_b[k], atol=1e-6) for k in model_a)
 
 
+def test_resume_after_a_stop_between_checkpoints_logs_each_step_once(tmp_path: Path, hr_folder: Path) -> None:
+    """A run that stopped at step 14 with its last checkpoint at 10 resumes from 10: steps 11-14 are
+    trained and logged again, and the log keeps one row per step, equal to an uninterrupted run's."""
+    extra = settings(hr_folder, "trainer.checkpoint_every=10")
+    assert train(tmp_path / "straight", 20, hr_folder, *extra) == 0
+    assert train(tmp_path / "stopped", 14, hr_folder, *extra) == 0
+    (tmp_path / "stopped" / "checkpoints" / "step-00000014.pt").unlink()  # as if killed before it was written
+    assert train(tmp_path / "stopped", 20, hr_folder, "--resume", *extra) == 0
+    resumed = losses(tmp_path / "stopped")
+    assert [row["step"] for row in resumed] == list(range(1, 21))
+    for a, b in zip(losses(tmp_path / "straight"), resumed, strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+
+
 def test_prefetching_the_next_batch_changes_no_number(tmp_path: Path, hr_folder: Path) -> None:
     """The batch made one step ahead on a second thread == the batch made in the step (losses and weights
     equal bit for bit), with gradient accumulation so that micro-steps and steps differ."""

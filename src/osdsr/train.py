@@ -366,6 +366,18 @@ class Trainer:
         return True
 
     # ---- logging -----------------------------------------------------------------------------
+    def _drop_logged_steps_after_resume(self) -> None:
+        """Rows logged past the step a run resumes from (it stopped between checkpoints) are logged
+        again by the resumed run: drop them so that every step has one row."""
+        if not self.accelerator.is_main_process or not self.log_file.exists():
+            return
+        with self.log_file.open(newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [row for row in rows[1:] if row and int(float(row[0])) <= self.step]
+        if len(kept) < len(rows):
+            with atomic_path(self.log_file) as tmp, tmp.open("w", newline="") as f:
+                csv.writer(f).writerows(kept)
+
     def _log(self, row: dict[str, float]) -> None:
         if not self.accelerator.is_main_process:
             return
@@ -448,6 +460,7 @@ class Trainer:
         last: dict[str, float] = {}
         running: dict[str, list[float]] = {}
         start = time.time()
+        self._drop_logged_steps_after_resume()
         self.generator.train()
         # One batch ahead: the batch of micro-step k is a pure function of (seed, k, rank), so making it on
         # another thread changes no number; torch releases the GIL, so on a CPU it runs on a second core.
