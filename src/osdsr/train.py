@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -409,7 +409,9 @@ class Trainer:
         acc = self.accelerator
         rng = step_generator(self.config.seed, micro, acc.process_index, acc.device)
         indices = batch_indices(micro, acc.process_index, acc.num_processes, self.config.batch_size)
-        return self.data.batch(indices, rng, acc.device), rng
+        # the current CUDA device is per thread: the prefetch thread must use this process's GPU
+        with torch.cuda.device(acc.device) if acc.device.type == "cuda" else nullcontext():
+            return self.data.batch(indices, rng, acc.device), rng
 
     def _micro_step(self, batch: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, float]:
         acc = self.accelerator
