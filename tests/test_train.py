@@ -56,6 +56,11 @@ def losses(output: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
+def exported_weights(output: Path) -> dict[str, torch.Tensor]:
+    """The generator weights the run exported to ``output/model``."""
+    return read_safetensors(output / "model" / "model.safetensors")[0]
+
+
 def error_lines(stderr: str) -> list[str]:
     """The command's error messages (stderr also carries the progress bar)."""
     return [line for line in stderr.splitlines() if line.startswith("osdsr train: error:")]
@@ -74,8 +79,8 @@ def test_resume_replays_the_same_losses(tmp_path: Path, hr_folder: Path) -> None
     assert {"g/mse", "g/edge", "g/adversarial", "d/adversarial"} <= set(straight[0])
     for a, b in zip(straight, split, strict=True):
         assert a == pytest.approx(b, abs=1e-6)
-    model_a, _ = read_safetensors(tmp_path / "straight" / "model" / "model.safetensors")
-    model_b, _ = read_safetensors(tmp_path / "split" / "model" / "model.safetensors")
+    model_a = exported_weights(tmp_path / "straight")
+    model_b = exported_weights(tmp_path / "split")
     assert all(torch.allclose(model_a[k], model_b[k], atol=1e-6) for k in model_a)
 
 
@@ -100,8 +105,8 @@ def test_prefetching_the_next_batch_changes_no_number(tmp_path: Path, hr_folder:
     assert train(tmp_path / "ahead", 12, hr_folder, *extra) == 0
     assert train(tmp_path / "inline", 12, hr_folder, *extra, "--set", "trainer.prefetch=false") == 0
     assert losses(tmp_path / "ahead") == losses(tmp_path / "inline")
-    model_a, _ = read_safetensors(tmp_path / "ahead" / "model" / "model.safetensors")
-    model_b, _ = read_safetensors(tmp_path / "inline" / "model" / "model.safetensors")
+    model_a = exported_weights(tmp_path / "ahead")
+    model_b = exported_weights(tmp_path / "inline")
     assert model_a.keys() == model_b.keys()
     assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
 
@@ -120,12 +125,12 @@ def test_init_from_starts_at_an_exported_model_or_a_checkpoint(
 ) -> None:
     """With a zero learning rate the weights cannot move: the export equals the weights it started from."""
     assert train(tmp_path / "first", 3, hr_folder, *settings(hr_folder)) == 0
-    first, _ = read_safetensors(tmp_path / "first" / "model" / "model.safetensors")
+    first = exported_weights(tmp_path / "first")
     frozen = settings(hr_folder, "optimizer.lr=0.0")
     for name, source in [("from-model", tmp_path / "first" / "model"),
                          ("from-checkpoint", tmp_path / "first" / "checkpoints" / "step-00000003.pt")]:
         assert train(tmp_path / name, 1, hr_folder, *frozen, "--set", f"trainer.init_from={source}") == 0
-        second, _ = read_safetensors(tmp_path / name / "model" / "model.safetensors")
+        second = exported_weights(tmp_path / name)
         assert second.keys() == first.keys()
         assert all(torch.equal(first[k], second[k]) for k in first), name
     assert train(tmp_path / "bad", 1, hr_folder, *frozen, "--set", f"trainer.init_from={tmp_path}") == 2
