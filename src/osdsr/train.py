@@ -366,9 +366,9 @@ class Trainer:
         return True
 
     # ---- logging -----------------------------------------------------------------------------
-    def _drop_logged_steps_after_resume(self) -> None:
-        """Rows logged past the step a run resumes from (it stopped between checkpoints) are logged
-        again by the resumed run: drop them so that every step has one row."""
+    def _drop_log_rows_past_step(self) -> None:
+        """Rows logged past the step this run starts from (it stopped between checkpoints, or before its
+        first) are logged again as the run trains those steps: drop them so that every step has one row."""
         if not self.accelerator.is_main_process or not self.log_file.exists():
             return
         with self.log_file.open(newline="") as f:
@@ -462,7 +462,7 @@ class Trainer:
         last: dict[str, float] = {}
         running: dict[str, list[float]] = {}
         start = time.time()
-        self._drop_logged_steps_after_resume()
+        self._drop_log_rows_past_step()
         self.generator.train()
         # One batch ahead: the batch of micro-step k is a pure function of (seed, k, rank), so making it on
         # another thread changes no number; torch releases the GIL, so on a CPU it runs on a second core.
