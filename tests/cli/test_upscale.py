@@ -146,3 +146,72 @@ def test_processes_split_the_files(monkeypatch: pytest.MonkeyPatch) -> None:
         assert device.type == "cpu" and label == f"[process {rank + 1}/3] "
         shares.extend(mine)
     assert sorted(shares) == sorted(files) and len(shares) == len(files)
+
+
+@pytest.fixture
+def nested_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "album"
+    (root / "2024" / "june").mkdir(parents=True)
+    Image.fromarray(_rgb(seed=3)).save(root / "top.png")
+    Image.fromarray(_rgb(seed=4)).save(root / "2024" / "june" / "deep.jpg", quality=95)
+    return root
+
+
+def test_recursive_keeps_the_sub_folder_layout(nested_folder: Path, tmp_path: Path) -> None:
+    flat = tmp_path / "flat"
+    assert _upscale(nested_folder, "-o", flat) == 0
+    assert [p.relative_to(flat).as_posix() for p in sorted(flat.rglob("*.png"))] == ["top.png"]
+    out = nested_folder / "x4"  # the output inside the input folder is not read back on a re-run
+    for _ in range(2):
+        assert _upscale(nested_folder, "-o", out, "--recursive") == 0
+    assert [p.relative_to(out).as_posix() for p in sorted(out.rglob("*"))] == [
+        "2024", "2024/june", "2024/june/deep.png", "top.png"
+    ]
+    with Image.open(out / "2024" / "june" / "deep.png") as result:
+        assert result.size == (52, 40)
+
+
+def test_suffix_names_the_outputs(good_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _upscale(good_folder, "-o", out, "--suffix", "_x4", "--format", "same") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["odd_x4.png", "photo_x4.jpg"]
+    assert _upscale(good_folder, "-o", out, "--suffix", "a/b") == 2
+
+
+def test_dry_run_lists_and_writes_nothing(
+    nested_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    (out / "2024" / "june").mkdir(parents=True)
+    (out / "2024" / "june" / "deep_x4.png").write_bytes(b"old")
+    assert _upscale(nested_folder, "-o", out, "-r", "--suffix", "_x4", "--dry-run") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"would skip (exists): {out / '2024' / 'june' / 'deep_x4.png'} <- {nested_folder / '2024' / 'june' / 'deep.jpg'}",
+        f"would write: {out / 'top_x4.png'} <- {nested_folder / 'top.png'}",
+    ]
+    assert [p.name for p in out.rglob("*") if p.is_file()] == ["deep_x4.png"]
+
+
+def test_metadata_reaches_the_output(tmp_path: Path) -> None:
+    """EXIF (orientation applied, then reset to 1), the ICC profile and PNG text survive osdsr upscale."""
+    from PIL import ImageCms
+    from PIL.PngImagePlugin import PngInfo
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    exif[0x010F] = "osdsr camera"  # Make
+    text = PngInfo()
+    text.add_text("Comment", "sunset over the bay")
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(_rgb(10, 13)).save(src / "shot.jpg", exif=exif, icc_profile=icc, quality=95)
+    Image.fromarray(_rgb(10, 13)).save(src / "scan.png", pnginfo=text, icc_profile=icc)
+    out = tmp_path / "out"
+    assert _upscale(src, "-o", out, "--format", "same") == 0
+    with Image.open(out / "shot.jpg") as shot:
+        assert shot.size == (40, 52) and shot.info["icc_profile"] == icc
+        assert shot.getexif()[0x0112] == 1 and shot.getexif()[0x010F] == "osdsr camera"
+    with Image.open(out / "scan.png") as scan:
+        assert scan.text == {"Comment": "sunset over the bay"} and scan.info["icc_profile"] == icc

@@ -240,3 +240,27 @@ def test_tensor_conversions_roundtrip() -> None:
     tensor = image_to_tensor(pixels)
     assert tensor.shape == (1, 3, 5, 7) and tensor.dtype == torch.float32
     np.testing.assert_array_equal(tensor_to_image(tensor), pixels)
+
+
+@pytest.mark.parametrize("sixteen_bit", [False, True])
+def test_png_metadata_roundtrip(tmp_path: Path, sixteen_bit: bool) -> None:
+    """ICC profile, EXIF and PNG text (Latin-1 and UTF-8) are read and written again, at both depths."""
+    exif = Image.Exif()
+    exif[ORIENTATION] = 3  # upside down
+    exif[0x010F] = "maker"
+    pixels = np.random.default_rng(5).random((4, 6, 3)).astype(np.float32)
+    image = LoadedImage(
+        pixels,
+        bit_depth=16 if sixteen_bit else 8,
+        icc_profile=b"not a real profile, carried as bytes",
+        exif=exif.tobytes(),
+        text=(("Title", "caf\xe9"), ("Caption", "\u65e5\u672c")),
+    )
+    save_image(tmp_path / "meta.png", image)
+    loaded = load_image(tmp_path / "meta.png")
+    assert loaded.bit_depth == image.bit_depth
+    assert loaded.icc_profile == image.icc_profile and dict(loaded.text) == dict(image.text)
+    reread = Image.Exif()
+    reread.load(loaded.exif)
+    assert reread[0x010F] == "maker" and reread[ORIENTATION] == 1  # applied on load, so reset
+    np.testing.assert_allclose(loaded.pixels, pixels[::-1, ::-1], atol=0.5 / (65535 if sixteen_bit else 255) + 1e-7)

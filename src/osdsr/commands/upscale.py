@@ -1,6 +1,7 @@
 """``osdsr upscale``: upscale image files and folders x4 with one model.
 
-Every file is handled on its own: a file that cannot be read, upscaled or written prints one line
+Folders give their images (with ``--recursive`` also those of their sub-folders, whose layout the
+output folder repeats). Every file is handled on its own: a file that cannot be read, upscaled or written prints one line
 naming it, the rest of the batch still runs, and the command ends with a summary and exit code 1 if
 any file failed. Existing outputs are skipped (not a failure, so a re-run resumes an interrupted
 batch) unless ``--overwrite``. Under ``accelerate launch`` (WORLD_SIZE > 1) each process takes every
@@ -29,7 +30,10 @@ DEFAULT_TILE = 512  # LR pixels: bounds memory on large photos (~1.5 GiB per 512
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", type=Path,
-                        help="image files and/or folders (folders: their images, not sub-folders)")
+                        help="image files and/or folders (folders: their images; sub-folders with --recursive)")
+    parser.add_argument("-r", "--recursive", action="store_true",
+                        help="also upscale the images in the sub-folders of folder inputs; the output "
+                             "folder repeats their layout")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT_DIR",
                         help="folder for the results (created if missing); names follow the inputs")
     parser.add_argument("--model", default="default", metavar="NAME|PATH",
@@ -60,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=OUTPUT_FORMATS, default="png",
                         help="'png' (lossless; keeps 16-bit and alpha) or 'same' as each input's format "
                              "(default: %(default)s)")
+    parser.add_argument("--suffix", default="", metavar="TEXT",
+                        help="appended to each output's stem: --suffix _x4 writes photo_x4.png (default: none)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list what would be written (and skipped) without loading a model or writing")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing outputs (without it they are skipped and reported; "
                              "skipping is not a failure)")
@@ -86,12 +94,14 @@ def run(args: argparse.Namespace) -> int:
     from osdsr.model_loading import LoadOptions, load_sr_model
 
     _check_numbers(args)
-    files, report = collect_inputs(args.inputs)
-    if not files and not report.failed:
+    names, report = collect_inputs(args.inputs, recursive=args.recursive, exclude=args.output)
+    if not names and not report.failed:
         raise CommandError("no input images found (readable suffixes: " + ", ".join(sorted(IMAGE_FORMATS)) + ")")
-    targets = output_paths(files, args.output, args.format)
+    targets = output_paths(names, args.output, args.format, args.suffix)
+    if args.dry_run:
+        return _dry_run(targets, args.overwrite, report)
     shared_targets = {t for t, n in Counter(targets.values()).items() if n > 1}
-    device, process_label, files = _distribute(files, args.device)
+    device, process_label, files = _distribute(list(names), args.device)
     dtype = _check_dtype(args.dtype, device)
     if args.output.exists() and not args.output.is_dir():
         raise CommandError(f"{args.output}: exists and is not a folder")
@@ -124,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
                 report.skipped.append(source)
                 continue
             image = load_image(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
             result = upscale_image(
                 model,
                 image,
@@ -158,39 +169,73 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.steps is not None and args.steps < 1:
         raise CommandError(f"--steps must be at least 1, got {args.steps}")
+    if Path(args.suffix).name != args.suffix or args.suffix in (".", ".."):
+        raise CommandError(f"--suffix {args.suffix!r}: must not contain a folder separator")
     if args.tile and args.tile_overlap >= args.tile:
         raise CommandError(f"--tile-overlap ({args.tile_overlap}) must be smaller than --tile ({args.tile})")
 
 
-def collect_inputs(inputs: list[Path]) -> tuple[list[Path], BatchReport]:
-    """Files named directly plus the images of each folder (sorted, not recursive), without repeats."""
-    files: list[Path] = []
+def collect_inputs(
+    inputs: list[Path], recursive: bool = False, exclude: Path | None = None
+) -> tuple[dict[Path, Path], BatchReport]:
+    """Every input image (without repeats) -> its name relative to the output folder.
+
+    A file named directly keeps its file name; a folder's images (sorted; with ``recursive`` those of
+    its sub-folders too) keep their path inside that folder. A recursive search leaves out the images
+    under ``exclude`` (the output folder, when it is a sub-folder of an input folder), so a re-run
+    does not upscale its own results.
+    """
+    names: dict[Path, Path] = {}
     report = BatchReport()
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_FORMATS)
+            candidates = item.rglob("*") if recursive else item.iterdir()
+            inner = exclude if recursive and exclude is not None and exclude.resolve() != item.resolve() else None
+            found = sorted(
+                p for p in candidates
+                if p.is_file() and p.suffix.lower() in IMAGE_FORMATS and not _is_under(p, inner)
+            )
             if not found:
                 print(f"osdsr upscale: {item}: folder has no images", file=sys.stderr)
-            files.extend(found)
+            for path in found:
+                names.setdefault(path, path.relative_to(item))
         elif item.is_file():
-            files.append(item)
+            names.setdefault(item, Path(item.name))
         else:
             print(f"osdsr upscale: failed: {item}: no such file or folder", file=sys.stderr)
             report.failed.append(item)
-    unique = list(dict.fromkeys(files))
-    return unique, report
+    return names, report
 
 
-def output_paths(files: list[Path], out_dir: Path, output_format: str) -> dict[Path, Path]:
-    """Output path of every input: same stem, ``.png`` or (``same``) the input's own suffix."""
+def _is_under(path: Path, folder: Path | None) -> bool:
+    return folder is not None and path.resolve().is_relative_to(folder.resolve())
+
+
+def output_paths(names: dict[Path, Path], out_dir: Path, output_format: str, suffix: str = "") -> dict[Path, Path]:
+    """Output path of every input: its relative name with ``suffix`` after the stem, ``.png`` or (``same``)
+    the input's own suffix."""
     targets = {}
-    for source in files:
-        suffix = source.suffix.lower()
-        if output_format == "same" and suffix in IMAGE_FORMATS:
-            targets[source] = out_dir / source.name
-        else:
-            targets[source] = out_dir / (source.stem + FORMAT_SUFFIX["PNG"])
+    for source, name in names.items():
+        same = output_format == "same" and source.suffix.lower() in IMAGE_FORMATS
+        extension = source.suffix if same else FORMAT_SUFFIX["PNG"]
+        targets[source] = out_dir / name.parent / f"{name.stem}{suffix}{extension}"
     return targets
+
+
+def _dry_run(targets: dict[Path, Path], overwrite: bool, report: BatchReport) -> int:
+    """Print what ``run`` would write, replace or skip; load and write nothing."""
+    counts = Counter(targets.values())
+    for source, target in targets.items():
+        if target.resolve() == source.resolve():
+            verdict = "would fail (the output would replace the input)"
+        elif counts[target] > 1:
+            verdict = "would fail (another input has the same output)"
+        elif target.exists():
+            verdict = "would replace" if overwrite else "would skip (exists)"
+        else:
+            verdict = "would write"
+        print(f"{verdict}: {target} <- {source}")
+    return 1 if report.failed else 0
 
 
 def _distribute(files: list[Path], device_arg: str | None) -> tuple[torch.device, str, list[Path]]:

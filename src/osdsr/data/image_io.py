@@ -1,8 +1,9 @@
 """Reading and writing images for super-resolution: every common format, bit depth and colour mode.
 
 ``load_image`` returns float32 pixels in ``[0, 1]`` (HxWx1 gray or HxWx3 RGB), the alpha channel
-separately, and the bit depth to write back (8 or 16). EXIF orientation is applied, so pixels are
-upright. A file that cannot be decoded raises one ``ValueError`` naming the file, what is wrong and
+separately, the bit depth to write back (8 or 16) and the metadata to carry to the output (ICC
+profile, EXIF, PNG text). EXIF orientation is applied, so pixels are upright, and reset to 1 in the
+carried EXIF. A file that cannot be decoded raises one ``ValueError`` naming the file, what is wrong and
 what to do. ``save_image`` writes to a temporary name in the same folder and renames it into place, and
 refuses to replace an existing file unless asked.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})  # Pillow reads a 32-bit BMP'
 JPEG_QUALITY = 95
 WEBP_QUALITY = 95
 ORIENTATION_TAG = 0x0112  # EXIF/TIFF "Orientation"
+METADATA_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "TIFF"})  # store an ICC profile and EXIF (BMP: neither)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class LoadedImage:
     bit_depth: int = 8  # 8 or 16: the sample depth of the source, used when writing the result
     format: str | None = None  # Pillow format name of the source file ("PNG", "JPEG", ...)
     icc_profile: bytes | None = None  # embedded colour profile, carried to the output
+    exif: bytes | None = None  # EXIF block with its orientation reset to 1 (the pixels are upright), carried
+    text: tuple[tuple[str, str], ...] = ()  # PNG text chunks (key, value), carried to PNG outputs
 
     @property
     def height(self) -> int:
@@ -86,12 +91,14 @@ def load_image(path: str | Path) -> LoadedImage:
             img.load()
             source_format = img.format
             icc_profile = img.info.get("icc_profile")
+            text = tuple((str(k), str(v)) for k, v in (getattr(img, "text", None) or {}).items())
             if sixteen_bit_colour:
                 pixels, alpha = _read_16bit_colour(path, img)
                 bit_depth = 16
             else:
                 upright = ImageOps.exif_transpose(img)
                 pixels, alpha, bit_depth = _pixels_from_pil(path, upright)
+            exif = _upright_exif(img)  # after the orientation was applied: this resets it
     except Image.UnidentifiedImageError:
         raise ValueError(
             f"{path}: not a readable image (unknown or corrupt format); use PNG, JPEG, WebP, TIFF or BMP"
@@ -105,7 +112,17 @@ def load_image(path: str | Path) -> LoadedImage:
         raise ValueError(
             f"{path}: truncated or corrupt image data ({reason}); re-export or re-download the file"
         ) from None
-    return LoadedImage(pixels, alpha, bit_depth, source_format, icc_profile)
+    return LoadedImage(pixels, alpha, bit_depth, source_format, icc_profile, exif, text)
+
+
+def _upright_exif(img: Image.Image) -> bytes | None:
+    """The file's EXIF block with the orientation tag reset to 1 (loading applies it), or None."""
+    if "exif" not in img.info:  # a TIFF's own tags are no EXIF block
+        return None
+    exif = img.getexif()
+    if ORIENTATION_TAG in exif:
+        exif[ORIENTATION_TAG] = 1
+    return exif.tobytes()
 
 
 def _pixels_from_pil(path: Path, img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
@@ -226,9 +243,9 @@ def save_image(
         with open(temporary, "xb") as stream:
             if bit_depth == 16 and not image.is_gray:
                 samples = _quantize(_with_alpha(image), 16)
-                _encode_16bit_colour(stream, samples, fmt)
+                _encode_16bit_colour(stream, samples, fmt, image)
             else:
-                _to_pil(image, bit_depth).save(stream, format=fmt, **_save_options(fmt, image.icc_profile))
+                _to_pil(image, bit_depth).save(stream, format=fmt, **_save_options(fmt, image))
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -256,10 +273,18 @@ def _to_pil(image: LoadedImage, bit_depth: int) -> Image.Image:
     return Image.fromarray(samples[..., 0] if samples.shape[2] == 1 else samples)  # L, LA, RGB or RGBA
 
 
-def _save_options(fmt: str, icc_profile: bytes | None) -> dict:
+def _save_options(fmt: str, image: LoadedImage) -> dict:
+    """Pillow save options: quality, and the metadata (ICC profile, EXIF, PNG text) the format stores."""
     options: dict = {}
-    if icc_profile and fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
-        options["icc_profile"] = icc_profile
+    if image.icc_profile and fmt in METADATA_FORMATS:
+        options["icc_profile"] = image.icc_profile
+    if image.exif and fmt in METADATA_FORMATS:
+        options["exif"] = image.exif
+    if image.text and fmt == "PNG":
+        info = PngInfo()
+        for key, value in image.text:
+            info.add_text(key, value)
+        options["pnginfo"] = info
     if fmt == "JPEG":
         options["quality"] = JPEG_QUALITY
     elif fmt == "WEBP":
@@ -268,10 +293,11 @@ def _save_options(fmt: str, icc_profile: bytes | None) -> dict:
     return options
 
 
-def _encode_16bit_colour(stream, samples: np.ndarray, fmt: str) -> None:
-    """Write HxWxC uint16 samples (C = 3 or 4) as a 16-bit PNG or an uncompressed 16-bit TIFF."""
+def _encode_16bit_colour(stream, samples: np.ndarray, fmt: str, image: LoadedImage) -> None:
+    """Write HxWxC uint16 samples (C = 3 or 4) as a 16-bit PNG (with ``image``'s metadata) or an
+    uncompressed 16-bit TIFF (without metadata)."""
     if fmt == "PNG":
-        _write_png16(stream, samples)
+        _write_png16(stream, samples, _png_metadata_chunks(image))
     else:
         _write_tiff16(stream, samples)
 
@@ -280,7 +306,22 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _write_png16(stream, samples: np.ndarray) -> None:
+def _png_metadata_chunks(image: LoadedImage) -> list[bytes]:
+    """PNG spec chunks: iCCP (zlib profile), eXIf (raw EXIF), tEXt (Latin-1) or iTXt (UTF-8) text."""
+    chunks = []
+    if image.icc_profile:
+        chunks.append(_png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(image.icc_profile)))
+    if image.exif:
+        chunks.append(_png_chunk(b"eXIf", image.exif.removeprefix(b"Exif\0\0")))
+    for key, value in image.text:
+        try:
+            chunks.append(_png_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")))
+        except UnicodeEncodeError:
+            chunks.append(_png_chunk(b"iTXt", key.encode("utf-8") + b"\0\0\0\0\0" + value.encode("utf-8")))
+    return chunks
+
+
+def _write_png16(stream, samples: np.ndarray, metadata_chunks: list[bytes]) -> None:
     """PNG spec: IHDR (bit depth 16, colour type 2 RGB / 6 RGBA), rows prefixed by filter byte 0."""
     height, width, channels = samples.shape
     rows = samples.astype(">u2").view(np.uint8).reshape(height, -1)
@@ -288,6 +329,7 @@ def _write_png16(stream, samples: np.ndarray) -> None:
     colour_type = 6 if channels == 4 else 2
     stream.write(b"\x89PNG\r\n\x1a\n")
     stream.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)))
+    stream.write(b"".join(metadata_chunks))
     stream.write(_png_chunk(b"IDAT", zlib.compress(raw, 6)))
     stream.write(_png_chunk(b"IEND", b""))
 
