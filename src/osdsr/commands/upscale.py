@@ -16,12 +16,17 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from osdsr.cli import CommandError
 from osdsr.color_fix import COLOR_FIXES
 from osdsr.data.image_io import FORMAT_SUFFIX, IMAGE_FORMATS
+
+if TYPE_CHECKING:
+    from osdsr.inference import ProgressCallback
+    from osdsr.models.sr_model import SRModel
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OUTPUT_FORMATS = ("png", "same")
@@ -89,8 +94,6 @@ class BatchReport:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from osdsr.data.image_io import load_image, save_image
-    from osdsr.inference import upscale_image
     from osdsr.model_loading import LoadOptions, load_sr_model
 
     _check_numbers(args)
@@ -109,6 +112,15 @@ def run(args: argparse.Namespace) -> int:
 
     options = LoadOptions(steps=args.steps, pretrained=args.pretrained, device=device, dtype=dtype)
     model = load_sr_model(args.model, options)
+    settings = UpscaleSettings(
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        color_fix=args.color_fix,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device,
+        dtype=dtype,
+    )
 
     def say(message: str) -> None:
         tqdm.write(f"osdsr upscale: {process_label}{message}", file=sys.stderr)
@@ -133,21 +145,7 @@ def run(args: argparse.Namespace) -> int:
                 say(f"skipped {source}: {target} exists (--overwrite replaces it)")
                 report.skipped.append(source)
                 continue
-            image = load_image(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            result = upscale_image(
-                model,
-                image,
-                device=device,
-                tile=args.tile,
-                tile_overlap=args.tile_overlap,
-                color_fix=args.color_fix,
-                generator=torch.Generator().manual_seed(args.seed),
-                batch_size=args.batch_size,
-                dtype=dtype,
-                progress=tile_progress,
-            )
-            save_image(target, result, overwrite=args.overwrite)
+            upscale_file(model, source, target, settings, overwrite=args.overwrite, progress=tile_progress)
             report.written.append(target)
         except (ValueError, OSError, RuntimeError) as exc:
             hint = " (a smaller --tile needs less memory)" if isinstance(exc, torch.OutOfMemoryError) else ""
@@ -159,6 +157,51 @@ def run(args: argparse.Namespace) -> int:
     images_bar.close()
     print(f"{process_label}{report.summary()}", file=sys.stderr if report.failed else sys.stdout)
     return 1 if report.failed else 0
+
+
+@dataclass(frozen=True)
+class UpscaleSettings:
+    """How ``upscale_file`` runs a model: the options of ``osdsr upscale`` past the file names."""
+
+    tile: int = DEFAULT_TILE
+    tile_overlap: int = 32
+    color_fix: str = "wavelet"
+    seed: int = 0
+    batch_size: int = 1
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+
+def upscale_file(
+    model: SRModel,
+    source: Path,
+    target: Path,
+    settings: UpscaleSettings,
+    *,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Read ``source``, upscale it and write ``target`` (its folder created): the one path from a file to
+    its result, shared by ``osdsr upscale`` and ``osdsr ui``. Raises ``ValueError``/``OSError`` naming
+    the file when it cannot be read, upscaled or written."""
+    from osdsr.data.image_io import load_image, save_image
+    from osdsr.inference import upscale_image
+
+    image = load_image(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    result = upscale_image(
+        model,
+        image,
+        device=settings.device,
+        tile=settings.tile,
+        tile_overlap=settings.tile_overlap,
+        color_fix=settings.color_fix,
+        generator=torch.Generator().manual_seed(settings.seed),
+        batch_size=settings.batch_size,
+        dtype=settings.dtype,
+        progress=progress,
+    )
+    return save_image(target, result, overwrite=overwrite)
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
