@@ -4,6 +4,7 @@ checkpoints, strict ``--set``, and two processes under ``accelerate launch`` (gl
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from PIL import Image
 
 from osdsr.cli import main
 from osdsr.methods.d3sr import D3SRMethod
-from osdsr.train import TrainerConfig, list_checkpoints, lr_factor
+from osdsr.train import Trainer, TrainerConfig, list_checkpoints, lr_factor
 from osdsr.weights_io import read_safetensors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -195,15 +196,95 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(
     assert [row["step"] for row in losses(tmp_path)][-2:] == [7.0, 8.0]
 
 
-def test_checkpoint_write_is_atomic(tmp_path: Path, hr_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [OSError(28, "No space left on device"), RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")],
+)
+def test_a_failed_checkpoint_write_is_one_line_and_leaves_no_file(
+    tmp_path: Path, hr_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: Exception
+) -> None:
     def failing_save(obj: object, path: str | Path) -> None:
         Path(path).write_bytes(b"partial checkpoint")
-        raise OSError("disk full")
+        raise error
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
-        train(tmp_path, 2, hr_folder, *settings(hr_folder))
+    assert train(tmp_path, 2, hr_folder, *settings(hr_folder)) == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "step-00000002.pt: could not write the checkpoint" in errors[0]
+    assert "free disk space" in errors[0] and "--resume" in errors[0] and ".tmp" not in errors[0]
     assert list((tmp_path / "checkpoints").iterdir()) == []  # no step-*.pt, no temporary file
+
+
+def test_weights_an_update_ruined_are_never_checkpointed(
+    tmp_path: Path, hr_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The loss of step 5 is finite, its update makes a weight inf: no step-5 checkpoint, stop at 4."""
+    original = Trainer._micro_step
+
+    def ruining(self, *args):  # noqa: ANN001, ANN002 - wraps the method as is
+        logs = original(self, *args)
+        if self.step == 4:  # the update of optimiser step 5
+            with torch.no_grad():
+                next(p for p in self.unwrapped_generator.parameters() if p.requires_grad).fill_(float("inf"))
+        return logs
+
+    monkeypatch.setattr(Trainer, "_micro_step", ruining)
+    extra = settings(hr_folder, "trainer.checkpoint_every=1", "trainer.ema_decay=0.9")
+    assert train(tmp_path, 10, hr_folder, *extra) == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "became NaN/inf by step 5" in errors[0] and "step-00000004.pt" in errors[0]
+    assert [step for step, _ in list_checkpoints(tmp_path / "checkpoints")] == [3, 4]
+    state = torch.load(tmp_path / "checkpoints" / "step-00000004.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for part in ("generator", "ema") for v in state[part].values())
+
+
+def test_a_damaged_newest_checkpoint_gives_way_to_the_newest_intact_one(
+    tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    extra = settings(hr_folder, "trainer.checkpoint_every=2")
+    assert train(tmp_path, 4, hr_folder, *extra, "--no-export") == 0
+    newest = tmp_path / "checkpoints" / "step-00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a copy or a disk that stopped half-way
+    capsys.readouterr()
+    assert main(["export", str(tmp_path), "-o", str(tmp_path / "exported")]) == 0
+    warned = caplog.messages[-1]
+    assert "step-00000004.pt: unreadable checkpoint" in warned and "using the newest intact one, step-00000002.pt" in warned
+    assert "exported step 2 of" in capsys.readouterr().out
+    caplog.clear()
+    assert train(tmp_path, 5, hr_folder, "--resume", *extra) == 0
+    assert any("using the newest intact one, step-00000002.pt" in message for message in caplog.messages)
+    assert [row["step"] for row in losses(tmp_path)] == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_resume_applies_a_changed_learning_rate_and_refuses_a_changed_seed(
+    tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert train(tmp_path, 2, hr_folder, *settings(hr_folder), "--no-export") == 0
+    assert train(tmp_path, 3, hr_folder, "--resume", *settings(hr_folder, "optimizer.lr=0.1"), "--no-export") == 0
+    assert any("applying changed setting(s) optimizer.lr: 0.0002 -> 0.1" in message for message in caplog.messages)
+    state = torch.load(tmp_path / "checkpoints" / "step-00000003.pt", weights_only=True)
+    assert [group["lr"] for group in state["optimizers"]["generator"]["param_groups"]] == [0.1]
+    assert json.loads((tmp_path / "train_config.json").read_text())["optimizer"]["lr"] == 0.1
+    for changed in ("trainer.seed=1", "trainer.batch_size=2", "data.crop_size=64"):
+        overrides = settings(hr_folder, "optimizer.lr=0.1", changed)
+        assert train(tmp_path, 4, hr_folder, "--resume", *overrides) == 2
+        errors = error_lines(capsys.readouterr().err)
+        assert len(errors) == 1 and changed.split("=")[0] in errors[0] and "would not continue the same run" in errors[0]
+    assert [step for step, _ in list_checkpoints(tmp_path / "checkpoints")] == [2, 3]
+
+
+def test_temporary_files_of_a_killed_run_are_removed_on_the_next(tmp_path: Path, hr_folder: Path) -> None:
+    assert train(tmp_path, 1, hr_folder, *settings(hr_folder), "--no-export") == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphans = [
+        tmp_path / "checkpoints" / f".step-00000002.pt.{dead.stdout.strip()}.k2x9q1.tmp",
+        tmp_path / f".log.csv.{dead.stdout.strip()}.a8b7c6.tmp",
+    ]
+    others = [tmp_path / "checkpoints" / ".notes.tmp", tmp_path / f".log.csv.{os.getpid()}.live01.tmp"]
+    for path in orphans + others:
+        path.write_bytes(b"partial")
+    assert train(tmp_path, 2, hr_folder, "--resume", *settings(hr_folder), "--no-export") == 0
+    assert not any(path.exists() for path in orphans) and all(path.exists() for path in others)
 
 
 def test_unknown_or_ill_typed_override_is_one_clear_line(

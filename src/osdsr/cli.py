@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = cmd_parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
-    except (CommandError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:
+    except (CommandError, ValueError, OSError) as exc:  # OSError: missing, unwritable, full disk ...
         print(f"osdsr {known.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

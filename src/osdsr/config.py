@@ -1,12 +1,14 @@
 """Typed configs: frozen dataclasses that YAML maps onto field by field.
 
-Unknown keys are an error, values are checked against the field types, and ``--set a.b=c``
+Unknown keys are an error, values are checked against the field types and against the valid range a
+numeric field declares with ``ranged`` (``lr: float = ranged(5e-5, "[0, 1]")``), and ``--set a.b=c``
 overrides any field before the dataclass is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -18,18 +20,66 @@ T = TypeVar("T")
 
 
 YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+RANGE_KEY = "range"  # dataclass field metadata key of a numeric field's valid ``Interval``
+FLOAT32_MAX = 3.4028234663852886e38  # numbers go into float32 tensors: larger ones become inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A closed or open interval of numbers, written as in maths: ``"(0, 1]"``, ``"[1, inf)"``."""
+
+    low: float
+    high: float
+    low_open: bool
+    high_open: bool
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> Interval:
+        bounds = text.strip()
+        if bounds[0] not in "[(" or bounds[-1] not in "])" or bounds.count(",") != 1:
+            raise ValueError(f"interval {text!r}: write it as [a, b], (a, b], [a, inf) ...")
+        low, high = (float(part) for part in bounds[1:-1].split(","))
+        return cls(low, high, bounds[0] == "(", bounds[-1] == ")", text)
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+
+def ranged(default: Any, interval: str) -> Any:
+    """A dataclass field with ``default`` whose value (each value, for a tuple) must lie in ``interval``."""
+    return dataclasses.field(default=default, metadata={RANGE_KEY: Interval.parse(interval)})
+
+
+def _check_range(field: dataclasses.Field, value: Any, where: str) -> None:
+    interval = field.metadata.get(RANGE_KEY)
+    if interval is None or value is None:
+        return
+    for number in value if isinstance(value, (tuple, list)) else (value,):
+        if math.isfinite(number) and abs(number) > FLOAT32_MAX:
+            raise ValueError(f"config {where}: {number!r} overflows float32 (largest {FLOAT32_MAX:.3g}); valid range {interval.text}")
+        if number not in interval:
+            raise ValueError(f"config {where}: {number!r} is outside its valid range {interval.text}")
+
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
-    """Build dataclass ``cls`` from a plain dict, refusing unknown keys and ill-typed values."""
+    """Build dataclass ``cls`` from a plain dict, refusing unknown keys, ill-typed values and values outside
+    a field's declared range."""
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"config {where or 'root'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"config {where or 'root'}: unknown key(s) {unknown}; known: {sorted(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+        raise ValueError(f"config {where or 'root'}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        kwargs[key] = _coerce(hints[key], value, path)
+        _check_range(fields[key], kwargs[key], path)
     return cls(**kwargs)
 
 

@@ -28,8 +28,8 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
-from osdsr.config import to_dict
-from osdsr.weights_io import atomic_path, atomic_write_json
+from osdsr.config import ranged, to_dict
+from osdsr.weights_io import atomic_path, atomic_write_json, remove_orphaned_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +39,21 @@ CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})\.pt$")
 @dataclass(frozen=True)
 class SourceConfig:
     path: str
-    weight: float = 1.0
+    weight: float = ranged(1.0, "(0, inf)")
     in_memory: bool = True  # False: decode images per batch (training sets larger than memory)
 
 
 @dataclass(frozen=True)
 class DegradationMixConfig:
     preset: str = "realesrgan"  # a name in osdsr.data.degradation.DEGRADATION_PRESETS
-    weight: float = 1.0
+    weight: float = ranged(1.0, "(0, inf)")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     sources: tuple[SourceConfig, ...] = (SourceConfig("../shared/data/hr"),)
     exclude_list: str | None = None  # a text file of held-out file names never used for training
-    crop_size: int = 256  # HR crop
+    crop_size: int = ranged(256, "[1, inf)")  # HR crop
     degradations: tuple[DegradationMixConfig, ...] = (DegradationMixConfig(),)
     augment: bool = True
 
@@ -62,32 +62,32 @@ class DataConfig:
 class ValidationConfig:
     lr_dir: str | None = None  # LR/HR pairs, e.g. written by `osdsr degrade`
     hr_dir: str | None = None
-    every: int = 0  # steps; 0 = never
-    max_images: int = 4
-    save_images: int = 2
+    every: int = ranged(0, "[0, inf)")  # steps; 0 = never
+    max_images: int = ranged(4, "[1, inf)")
+    save_images: int = ranged(2, "[0, inf)")
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    max_steps: int = 1000
-    batch_size: int = 8  # per process and micro-step
-    gradient_accumulation_steps: int = 1
+    max_steps: int = ranged(1000, "[1, inf)")
+    batch_size: int = ranged(8, "[1, inf)")  # per process and micro-step
+    gradient_accumulation_steps: int = ranged(1, "[1, inf)")
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    seed: int = 0
-    ema_decay: float = 0.0  # 0 disables the EMA
-    grad_clip: float | None = 1.0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    seed: int = ranged(0, "[0, 1e9]")
+    ema_decay: float = ranged(0.0, "[0, 1)")  # 0 disables the EMA
+    grad_clip: float | None = ranged(1.0, "(0, inf)")
+    checkpoint_every: int = ranged(500, "[1, inf)")
+    keep_checkpoints: int = ranged(2, "[1, inf)")
+    log_every: int = ranged(10, "[1, inf)")
     tensorboard: bool = False
-    num_threads: int | None = None  # torch CPU threads; None = torch's default
+    num_threads: int | None = ranged(None, "[1, inf)")  # torch CPU threads; None = torch's default
     prefetch: bool = True  # degrade the next batch on a second thread while this step trains (same numbers)
     # start from these generator weights: an exported model folder, a checkpoint .pt, or another run's
     # config .yaml (`osdsr train` trains that run first when its runs/<name>/model is missing)
     init_from: str | None = None
     lr_schedule: Literal["constant", "cosine"] = "constant"  # multiplies every optimiser's lr (after warm-up)
-    warmup_steps: int = 0  # linear warm-up from 0 to the configured lr
-    min_lr_ratio: float = 0.0  # the cosine schedule ends at this fraction of the lr
+    warmup_steps: int = ranged(0, "[0, inf)")  # linear warm-up from 0 to the configured lr
+    min_lr_ratio: float = ranged(0.0, "[0, 1]")  # the cosine schedule ends at this fraction of the lr
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
@@ -118,7 +118,7 @@ class Method(Protocol):
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
+    """A loss or a weight became NaN or infinite; the last good checkpoint is kept."""
 
 
 class EMA:
@@ -188,7 +188,7 @@ def read_initial_weights(path: Path) -> dict[str, torch.Tensor]:
         return read_safetensors(path / "model.safetensors")[0]
     if path.suffix != ".pt" or not path.is_file():
         raise ValueError(f"{path}: init_from must be an exported model folder, a checkpoint .pt or (for osdsr train) a run config .yaml")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     return {**state["generator"], **state.get("ema", {})}  # EMA parameters over the raw ones, buffers kept
 
 
@@ -284,6 +284,39 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents; ``ValueError`` naming the file when it is truncated or not a checkpoint."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checkpoint not found") from None
+    except Exception as exc:  # torch.load raises RuntimeError, EOFError, pickle errors... on damaged files
+        reason = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: unreadable checkpoint ({reason})") from None
+    if not isinstance(state, dict) or not {"step", "generator"} <= set(state):
+        raise ValueError(f"{path}: not an osdsr training checkpoint")
+    return state
+
+
+def newest_readable_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint in ``folder`` that reads, and its contents; damaged newer ones are named in a
+    warning (an interrupted copy, a full disk) and left in place."""
+    found = list_checkpoints(folder)
+    if not found:
+        raise FileNotFoundError(f"{folder}: no checkpoint found")
+    damaged = []
+    for _, path in reversed(found):
+        try:
+            state = read_checkpoint(path)
+        except ValueError as exc:
+            damaged.append(str(exc))
+            continue
+        for message in damaged:
+            logger.warning("%s; using the newest intact one, %s", message, path.name)
+        return path, state
+    raise ValueError(f"{folder}: no readable checkpoint ({'; '.join(damaged)}); start a new run")
+
+
 class Trainer:
     """Runs a method for ``trainer.max_steps`` optimiser steps, resumably."""
 
@@ -326,6 +359,7 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
+        self._check_weights_finite()  # on every process: they hold the same weights and stop together
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return None
@@ -339,30 +373,61 @@ class Trainer:
         if self.ema is not None:
             state["ema"] = self.ema.shadow
         path = self.checkpoint_dir / f"step-{self.step:08d}.pt"
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise OSError(
+                f"{path}: could not write the checkpoint ({reason}); free disk space or choose another --output, "
+                "then rerun with --resume"
+            ) from None
         for _, old in list_checkpoints(self.checkpoint_dir)[: -self.config.keep_checkpoints]:
             old.unlink()
         logger.info("checkpoint %s", path)
         return path
 
-    def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    def _check_weights_finite(self) -> None:
+        """Refuse to checkpoint weights an update ruined (a finite loss can still give NaN/inf weights)."""
+        modules = {"generator": self.unwrapped_generator}
+        if self.discriminator is not None:
+            modules["discriminator"] = self.accelerator.unwrap_model(self.discriminator)
+        tensors = {f"{which}.{name}": p for which, m in modules.items() for name, p in m.named_parameters() if p.requires_grad}
+        if self.ema is not None:
+            tensors.update({f"ema.{name}": value for name, value in self.ema.shadow.items()})
+        bad = [name for name, value in tensors.items() if not torch.isfinite(value.detach()).all()]
+        if bad:
+            raise TrainingDiverged(
+                f"weights {bad[:3]}{' ...' if len(bad) > 3 else ''} became NaN/inf by step {self.step}; stopped "
+                f"without saving them, last good checkpoint: {self._last_checkpoint_text()} (lower the learning rate)"
+            )
+
+    def _last_checkpoint_text(self) -> str:
+        found = list_checkpoints(self.checkpoint_dir)
+        return str(found[-1][1]) if found else "none yet"
+
+    def load_checkpoint(self, path: Path, state: dict[str, Any] | None = None) -> None:
+        """Restore a checkpoint (``state``: its contents, already read). Optimiser hyperparameters (lr,
+        betas, weight decay) stay as configured, so a changed learning rate applies on resume."""
+        state = read_checkpoint(path) if state is None else state
         load_trained_state(self.unwrapped_generator, state["generator"], str(path))
         if self.discriminator is not None:
             load_trained_state(self.accelerator.unwrap_model(self.discriminator), state["discriminator"], str(path))
         for name, opt in self.optimizers.items():
+            configured = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
             opt.load_state_dict(state["optimizers"][name])
+            for group, settings in zip(opt.param_groups, configured):
+                group.update(settings)
+                group["initial_lr"] = settings.get("initial_lr", settings["lr"])
         if self.ema is not None:
             self.ema.shadow = {k: v.to(self.accelerator.device) for k, v in state["ema"].items()}
         self.step = int(state["step"])
         logger.info("resumed from %s at step %d", path, self.step)
 
     def resume(self) -> bool:
-        found = list_checkpoints(self.checkpoint_dir)
-        if not found:
+        if not list_checkpoints(self.checkpoint_dir):
             return False
-        self.load_checkpoint(found[-1][1])
+        self.load_checkpoint(*newest_readable_checkpoint(self.checkpoint_dir))
         return True
 
     # ---- logging -----------------------------------------------------------------------------
@@ -444,10 +509,9 @@ class Trainer:
     def _check_finite(self, which: str, terms: dict[str, torch.Tensor]) -> None:
         bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
         if bad:
-            last = list_checkpoints(self.checkpoint_dir)
-            kept = last[-1][1] if last else "none yet"
             raise TrainingDiverged(
-                f"{which} loss {bad} became NaN/inf at step {self.step + 1}; stopped, last good checkpoint: {kept}"
+                f"{which} loss {bad} became NaN/inf at step {self.step + 1}; stopped, last good checkpoint: "
+                f"{self._last_checkpoint_text()}"
             )
 
     def train(self, max_steps: int | None = None, progress: bool = True) -> dict[str, float]:
@@ -462,6 +526,9 @@ class Trainer:
         last: dict[str, float] = {}
         running: dict[str, list[float]] = {}
         start = time.time()
+        if self.accelerator.is_main_process:
+            for folder in (self.output, self.checkpoint_dir):
+                remove_orphaned_temporaries(folder)
         self._drop_log_rows_past_step()
         self.generator.train()
         # One batch ahead: the batch of micro-step k is a pure function of (seed, k, rank), so making it on

@@ -2,13 +2,18 @@
 
 Weights are read only through safetensors (or ``torch.load(weights_only=True)`` for official
 ``.pth`` files, in the converters). Every write goes to a temporary name in the target folder and is
-renamed into place, so an interrupted write never leaves a half-written file behind.
+renamed into place, so an interrupted write never leaves a half-written file behind; the temporary
+name carries the writer's process id, so the next run removes what a killed process left
+(``remove_orphaned_temporaries``).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,24 +21,108 @@ from typing import Any, Iterator
 
 import torch
 
+logger = logging.getLogger(__name__)
+
+TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")  # .<name>.<pid>.<random>.tmp
+WRITE_ERRORS = {
+    errno.EACCES: "permission denied: fix the folder's permissions or choose another output",
+    errno.EPERM: "permission denied: fix the folder's permissions or choose another output",
+    errno.EROFS: "read-only file system: choose an output folder on a writable disk",
+    errno.ENOSPC: "no space left on device: free disk space or choose another output",
+    errno.EDQUOT: "disk quota exceeded: free space or choose another output",
+}
+
+
+def write_error(path: Path, exc: OSError) -> OSError:
+    """``exc`` (raised while writing ``path`` or its temporary) as one line naming ``path`` itself."""
+    reason = WRITE_ERRORS.get(exc.errno, exc.strerror or str(exc))
+    return type(exc)(f"{path}: cannot write ({reason})")
+
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it."""
+def atomic_path(path: str | Path, *, exclusive: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it.
+
+    ``exclusive``: create ``path`` only if it does not exist at that moment (a hard link, which fails
+    when the name is taken), so of two processes writing one name the second gets ``FileExistsError``
+    instead of replacing the first's file. Write errors name ``path``, not the temporary file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp_path, path)
+        if exclusive:
+            _link_exclusively(tmp_path, path)
+        else:
+            os.replace(tmp_path, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise write_error(path, exc) from None
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def _link_exclusively(tmp_path: Path, path: Path) -> None:
+    try:
+        os.link(tmp_path, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path}: already exists (written meanwhile by another process)") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if path.exists():  # a file system without hard links: check, then rename
+            raise FileExistsError(f"{path}: already exists (written meanwhile by another process)") from None
+        os.replace(tmp_path, path)
+
+
+def remove_orphaned_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files ``atomic_path`` left in ``folder`` when its process was killed (their
+    process id is in the name and that process is gone); other files, and those of live processes, stay."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for candidate in folder.iterdir():
+        match = TEMPORARY_NAME.match(candidate.name)
+        if match and candidate.is_file() and not _process_alive(int(match["pid"])):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    if removed:
+        logger.info("removed %d temporary file(s) of interrupted runs in %s", len(removed), folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def check_writable(folder: str | Path) -> None:
+    """Raise one clear ``OSError`` now if files cannot be created in ``folder`` (before any work is done)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".osdsr-write-test.{os.getpid()}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
 
 
 def atomic_write_json(data: Any, path: str | Path) -> None:

@@ -177,3 +177,22 @@ def test_lazy_source_gives_the_same_items_and_decodes_nothing_up_front(
     for index in range(40):
         assert torch.equal(lazy[index]["hr"], eager[index]["hr"]) and lazy[index]["name"] == eager[index]["name"]
     assert {Path(p).name for p in decoded} >= {"rotated.jpg", "small.png"}
+
+
+def test_an_on_disk_image_that_breaks_is_skipped_the_same_way_whenever_it_is_read(
+    hr_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    early = HRImageDataset([ImageSource(hr_folder, in_memory=False)], 32, seed=1, length=40)
+    late = HRImageDataset([ImageSource(hr_folder, in_memory=False)], 32, seed=1, length=40)
+    before = [late[i] for i in range(40)]  # every item of `late` read while all files were good
+    (hr_folder / "img2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # replaced by a damaged file mid-run
+    with caplog.at_level(logging.WARNING, logger="osdsr.data.datasets"):
+        after = [early[i] for i in reversed(range(40))][::-1]  # another order: a resume at any step
+        again = [early[i] for i in range(40)]
+    assert all(item["name"] != "img2.png" for item in after)
+    assert [a["name"] for a in after] == [a["name"] for a in again]
+    assert all(torch.equal(a["hr"], b["hr"]) for a, b in zip(after, again))
+    unaffected = [i for i, item in enumerate(before) if item["name"] != "img2.png"]
+    assert unaffected and all(torch.equal(before[i]["hr"], after[i]["hr"]) for i in unaffected)
+    warnings = [r.getMessage() for r in caplog.records if "img2.png" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("skipping")

@@ -21,21 +21,18 @@ def run(args: argparse.Namespace) -> int:
 
     from osdsr.config import from_dict, read_json_file
     from osdsr.methods import resolve_method
-    from osdsr.train import list_checkpoints, load_trained_state
+    from osdsr.train import load_trained_state, newest_readable_checkpoint, read_checkpoint
 
     config_path = args.run / "train_config.json"
     data = read_json_file(config_path)
     config_cls, build = resolve_method(data.get("method", ""))
     config = from_dict(config_cls, data)
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        found = list_checkpoints(args.run / "checkpoints")
-        if not found:
-            raise CommandError(f"{args.run / 'checkpoints'}: no checkpoint to export")
-        checkpoint = found[-1][1]
     if args.output.exists() and not args.overwrite:
         raise CommandError(f"{args.output}: exists; pass --overwrite to replace it")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if args.checkpoint is not None:
+        checkpoint, state = args.checkpoint, read_checkpoint(args.checkpoint)
+    else:  # the newest that reads: a damaged newer one is named in a warning
+        checkpoint, state = newest_readable_checkpoint(args.run / "checkpoints")
     method = build(config)
     generator = method.generator
     load_trained_state(generator, state["generator"], str(checkpoint))

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,6 +37,57 @@ def load_run_config(path: Path, overrides: list[str]) -> object:
         raise ValueError(f"{path}: missing 'method:' (one of d3sr, dfosd, resshift, sinsr, tadsr, tddsr)")
     config_cls, _ = resolve_method(data["method"])
     return from_dict(config_cls, data)
+
+
+# settings a resumed run applies: they steer the steps still to come, not the batches or the model so far
+RESUMABLE_TRAINER_FIELDS = frozenset({
+    "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "tensorboard", "num_threads", "prefetch",
+    "lr_schedule", "warmup_steps", "min_lr_ratio", "grad_clip", "validation",
+})
+OPTIMIZER_FIELDS = frozenset({"lr", "betas", "weight_decay", "discriminator_lr"})  # restored as configured
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_changes(recorded: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Settings that differ from the run's recorded ``train_config.json``: (applicable, refused), each as
+    ``"key: old -> new"``. Refused ones would make the resumed run differ from any uninterrupted run
+    (another seed, batch, data or model); applicable ones only change the steps still to come."""
+    old, new = _flatten(recorded), _flatten(current)
+    applicable, refused = [], []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        parts = key.split(".")
+        resumable = (parts[0] == "trainer" and parts[1] in RESUMABLE_TRAINER_FIELDS) or parts[-1] in OPTIMIZER_FIELDS
+        (applicable if resumable else refused).append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return applicable, refused
+
+
+def check_resume_changes(output: Path, config: object) -> None:
+    """Refuse changed settings that break an exact resume; say which changed ones are applied."""
+    from osdsr.config import read_json_file, to_dict
+
+    recorded_path = output / "train_config.json"
+    if not recorded_path.is_file():
+        return
+    applicable, refused = resume_changes(read_json_file(recorded_path), to_dict(config))
+    if refused:
+        raise CommandError(
+            f"--resume {output}: changed setting(s) {'; '.join(refused)} would not continue the same run (other "
+            "batches or another model); undo them, or train a new run with another --output (trainer.init_from "
+            "can start it from this one)"
+        )
+    if applicable:
+        logger.warning("--resume: applying changed setting(s) %s", "; ".join(applicable))
 
 
 def stage_output(config_path: Path) -> Path:
@@ -76,8 +128,10 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"--max-steps {args.max_steps}: must be at least 1")
         config = dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, max_steps=args.max_steps))
     output = args.output or stage_output(args.config)
-    if list_checkpoints(output / "checkpoints") and not args.resume:
-        raise CommandError(f"{output}: holds checkpoints of an earlier run; pass --resume to continue it or choose another --output")
+    if list_checkpoints(output / "checkpoints"):
+        if not args.resume:
+            raise CommandError(f"{output}: holds checkpoints of an earlier run; pass --resume to continue it or choose another --output")
+        check_resume_changes(output, config)
     _, build = resolve_method(config.method)
     with torch.random.fork_rng():  # weight init draws from the global RNG: make it a function of the seed
         torch.manual_seed(config.trainer.seed)

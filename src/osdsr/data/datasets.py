@@ -52,7 +52,8 @@ class HRImageDataset(Dataset):
     says ``in_memory=False``: then only the image headers are read up front and each item decodes its
     image (same items either way; for training sets too large for memory). Gray images
     become 3-channel. An image smaller than the crop is reflect-padded up to it; one with a side shorter
-    than half the crop is skipped with a warning, as is a file that cannot be decoded. ``exclude``
+    than half the crop is skipped with a warning, as is a file that cannot be decoded (an on-disk image
+    that fails when an item reads it gives way to the source's next image, with one warning). ``exclude``
     names files never used (by file name, path relative to the source folder, or full path), e.g. a
     held-out split. ``length`` is the nominal length; larger indices wrap around (``index % length``).
     """
@@ -80,6 +81,7 @@ class HRImageDataset(Dataset):
         self.length = length
         self.augment = augment
         excluded = {str(item) for item in exclude}
+        self._reported: set[Path] = set()  # on-disk images found unusable, warned about once
         self.weights = tuple(float(source.weight) for source in sources)
         self.images: tuple[tuple[_SourceImage, ...], ...] = tuple(
             self._load_source(source, excluded) for source in sources
@@ -94,14 +96,29 @@ class HRImageDataset(Dataset):
         generator = item_generator(self.seed, index % self.length)
         source = _choice(generator, self.weights)
         images = self.images[source]
-        image = images[int(torch.randint(len(images), (1,), generator=generator))]
+        first = int(torch.randint(len(images), (1,), generator=generator))
+        image, pixels = self._usable_image(images, first)
         height, width = image.size
         top = int(torch.randint(height - self.crop_size + 1, (1,), generator=generator))
         left = int(torch.randint(width - self.crop_size + 1, (1,), generator=generator))
-        pixels = image.pixels if image.pixels is not None else self._decode(image.path, image.size)
         crop = pixels[top : top + self.crop_size, left : left + self.crop_size]
         (hr,) = augment([_to_tensor(crop)], generator) if self.augment else (_to_tensor(crop),)
         return {"hr": hr, "name": image.name}
+
+    def _usable_image(self, images: tuple[_SourceImage, ...], first: int) -> tuple[_SourceImage, np.ndarray]:
+        """Image ``first`` of a source and its pixels; when it no longer decodes (an on-disk source), the
+        next one that does, so an item depends on the files alone, not on what failed before."""
+        for offset in range(len(images)):
+            image = images[(first + offset) % len(images)]
+            if image.pixels is not None:
+                return image, image.pixels
+            try:
+                return image, self._decode(image.path, image.size)
+            except (ValueError, OSError) as exc:
+                if image.path not in self._reported:
+                    self._reported.add(image.path)
+                    logger.warning("skipping %s", exc)  # the message names the file
+        raise ValueError(f"{images[first].path.parent}: no image of this source decodes any more; check the files")
 
     def _decode(self, path: Path, expected: tuple[int, int] | None = None) -> np.ndarray:
         """The image as 8-bit samples padded to the crop (``ValueError`` naming the file when unusable)."""

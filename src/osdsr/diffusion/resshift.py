@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from osdsr.config import ranged
+
 # denoise_fn(z_t scaled by ``scale_input``, raw step indices [B] (long)) -> predicted z_0
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -33,11 +35,11 @@ class ResShiftScheduleConfig:
     ``etas_end`` is ``sqrt(eta_T)``. The official 4-step release (v3) uses T = 4, min_noise_level 0.2.
     """
 
-    num_timesteps: int = 15
-    kappa: float = 2.0
-    power: float = 0.3
-    min_noise_level: float = 0.04
-    etas_end: float = 0.99
+    num_timesteps: int = ranged(15, "[1, inf)")
+    kappa: float = ranged(2.0, "(0, inf)")
+    power: float = ranged(0.3, "(0, inf)")
+    min_noise_level: float = ranged(0.04, "(0, 1)")
+    etas_end: float = ranged(0.99, "(0, 1)")
 
     def __post_init__(self) -> None:
         if self.num_timesteps < 2:

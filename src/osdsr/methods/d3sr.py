@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from osdsr.config import ranged
 from osdsr.losses.adversarial import ADVERSARIAL_LOSSES
 from osdsr.losses.edges import sobel_magnitude
 from osdsr.losses.lattice import lattice_loss
@@ -47,16 +48,16 @@ NAD_HEAD_CHANNELS = 512  # hidden width of the NAD head in configs/d3sr.yaml and
 
 @dataclass(frozen=True)
 class LossConfig:
-    mse_weight: float = 1.0
+    mse_weight: float = ranged(1.0, "[0, inf)")
     perceptual: Literal["mse", "lpips", "ea-lpips", "dists", "ea-dists"] = "ea-dists"
-    perceptual_weight: float = 1.0  # lambda2 (D3SR Eq. 8)
+    perceptual_weight: float = ranged(1.0, "[0, inf)")  # lambda2 (D3SR Eq. 8)
     vgg_weights: str | None = None  # torchvision VGG16 state dict (ImageNet), needed by lpips/dists
     head_weights: str | None = None  # official LPIPS linear heads / DISTS alpha-beta file
     allow_random_perceptual: bool = False  # tests only: random VGG instead of refusing to start
-    edge_weight: float = 0.0  # optional L1 between Sobel maps (D3SR Eq. 6-7), for weight-free training
-    lattice_weight: float = 0.0  # optional penalty on the error pattern with the latent grid's period
+    edge_weight: float = ranged(0.0, "[0, inf)")  # optional L1 between Sobel maps (D3SR Eq. 6-7), for weight-free training
+    lattice_weight: float = ranged(0.0, "[0, inf)")  # optional penalty on the error pattern with the latent grid's period
     adversarial: Literal["nonsaturating", "hinge"] = "nonsaturating"  # D3SR Eq. 2-3
-    adversarial_weight: float = 0.5  # lambda1 (D3SR Eq. 8)
+    adversarial_weight: float = ranged(0.5, "[0, inf)")  # lambda1 (D3SR Eq. 8)
 
 
 @dataclass(frozen=True)
@@ -65,17 +66,17 @@ class DiscriminatorConfig:
     pretrained: str | None = None  # local diffusers folder (SD-2.1 or SDXL) for sd21 / sdxl
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # sd21 / sdxl: LoRA on the frozen UNet encoder
     prompt_embedding: Literal["fixed", "learnable"] = "fixed"  # sd21 / sdxl: null prompt, zeros or trained
-    channels: int = 64  # cnn / diffusion-gan width; sd21 / sdxl: hidden width of the MLP head
-    num_layers: int = 3  # cnn / diffusion-gan
-    max_timestep: int = 999  # T of t ~ U[0, T], diffusion steps with t = 0 clean (D3SR Eq. 4)
-    lr: float = 5e-5
+    channels: int = ranged(64, "[1, inf)")  # cnn / diffusion-gan width; sd21 / sdxl: hidden width of the MLP head
+    num_layers: int = ranged(3, "[1, inf)")  # cnn / diffusion-gan
+    max_timestep: int = ranged(999, "[0, inf)")  # T of t ~ U[0, T], diffusion steps with t = 0 clean (D3SR Eq. 4)
+    lr: float = ranged(5e-5, "[0, 1]")
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    lr: float = 5e-5
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-2
+    lr: float = ranged(5e-5, "[0, 1]")
+    betas: tuple[float, float] = ranged((0.9, 0.999), "[0, 1)")
+    weight_decay: float = ranged(1e-2, "[0, 1]")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from osdsr.config import ranged
 from osdsr.diffusion.resshift import ResShiftSchedule, ResShiftScheduleConfig
 from osdsr.methods.resshift_family import draw_prior_noise, encode_hr, encode_lr
 from osdsr.models.autoencoders import VQAutoencoderConfig
@@ -52,9 +53,9 @@ class ResShiftLossConfig:
 class ResShiftOptimizerConfig:
     """AdamW; the release: lr 5e-5, weight decay 0 (batch 64, 500k iterations, EMA 0.999)."""
 
-    lr: float = 5e-5
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
+    lr: float = ranged(5e-5, "[0, 1]")
+    betas: tuple[float, float] = ranged((0.9, 0.999), "[0, 1)")
+    weight_decay: float = ranged(0.0, "[0, 1]")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from osdsr.config import ranged
 from osdsr.complexity import ComplexityPart, Parts, meta_zeros
 from osdsr.diffusion.resshift import ResShiftSchedule
 from osdsr.models.classical import bicubic_upsample
@@ -63,16 +64,16 @@ class TeacherConfig:
     """
 
     path: str | None = None
-    steps: int = 15
+    steps: int = ranged(15, "[1, inf)")
 
 
 @dataclass(frozen=True)
 class StudentOptimizerConfig:
     """Adam(W) for the student (TDDSR: Adam, lr 5e-5; the SinSR/TAD-SR releases: lr 5e-5)."""
 
-    lr: float = 5e-5
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
+    lr: float = ranged(5e-5, "[0, 1]")
+    betas: tuple[float, float] = ranged((0.9, 0.999), "[0, 1)")
+    weight_decay: float = ranged(0.0, "[0, 1]")
 
 
 class Teacher(nn.Module):

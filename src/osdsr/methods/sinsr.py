@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from osdsr.config import ranged
 from osdsr.complexity import Parts
 from osdsr.losses.distillation import vanilla_distillation_loss
 from osdsr.methods import full_config
@@ -48,9 +49,9 @@ INVERSE_STEP = 0  # the step index that asks the student for the inverse map z0 
 
 @dataclass(frozen=True)
 class SinSRLossConfig:
-    distill_weight: float = 1.0  # L_distill: student z0 vs the teacher's deterministic output
-    inverse_weight: float = 1.0  # inverse consistency: f(z0_teacher, 0) -> z_T
-    gt_weight: float = 1.0  # ground-truth consistency: f(sg(f(z0_hr, 0)), T-1) -> z0_hr
+    distill_weight: float = ranged(1.0, "[0, inf)")  # L_distill: student z0 vs the teacher's deterministic output
+    inverse_weight: float = ranged(1.0, "[0, inf)")  # inverse consistency: f(z0_teacher, 0) -> z_T
+    gt_weight: float = ranged(1.0, "[0, inf)")  # ground-truth consistency: f(sg(f(z0_hr, 0)), T-1) -> z0_hr
 
     def __post_init__(self) -> None:
         weights = (self.distill_weight, self.inverse_weight, self.gt_weight)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from osdsr.config import ranged
 from osdsr.complexity import ComplexityPart, InputBuilder, Parts, meta_steps, meta_zeros
 from osdsr.losses.adversarial import hinge_discriminator_loss, hinge_generator_loss
 from osdsr.losses.distillation import (
@@ -65,17 +66,17 @@ from osdsr.train import DataConfig, TrainerConfig, gradients_off
 
 @dataclass(frozen=True)
 class TADSRLossConfig:
-    distill_weight: float = 1.0  # L_distill (Eq. 6, 13)
-    hsd_weight: float = 1.0  # lambda1 (Eq. 13)
-    hsd_steps: tuple[int, int] = (HSD_FIRST_STEP, HSD_LAST_STEP)  # t' ~ U{first..last}, paper steps
-    adversarial_weight: float = 0.02  # lambda2 (Eq. 13); 0: no discriminator
+    distill_weight: float = ranged(1.0, "[0, inf)")  # L_distill (Eq. 6, 13)
+    hsd_weight: float = ranged(1.0, "[0, inf)")  # lambda1 (Eq. 13)
+    hsd_steps: tuple[int, int] = ranged((HSD_FIRST_STEP, HSD_LAST_STEP), "[1, inf)")  # t' ~ U{first..last}, paper steps
+    adversarial_weight: float = ranged(0.02, "[0, inf)")  # lambda2 (Eq. 13); 0: no discriminator
 
 
 @dataclass(frozen=True)
 class TimeAwareDiscriminatorConfig:
-    head_channels: int = 128  # width of each head's 3x3 convolution
-    embed_dim: int = 128  # width of the step embedding that feeds FiLM
-    lr: float = 5e-5
+    head_channels: int = ranged(128, "[1, inf)")  # width of each head's 3x3 convolution
+    embed_dim: int = ranged(128, "[1, inf)")  # width of the step embedding that feeds FiLM
+    lr: float = ranged(5e-5, "[0, 1]")
 
 
 @dataclass(frozen=True)

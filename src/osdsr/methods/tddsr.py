@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from osdsr.config import ranged
 from osdsr.complexity import Parts, meta_zeros
 from osdsr.losses.adversarial import nonsaturating_discriminator_loss
 from osdsr.losses.distillation import vanilla_distillation_loss
@@ -67,14 +68,14 @@ ADVERSARIAL_WEIGHT = 0.02
 class TDDSRLossConfig:
     """Weights of the three paths; 0 switches a path off (TDDSR Table 5)."""
 
-    distill_weight: float = 1.0  # Eq. 6
-    hr_adversarial_weight: float = ADVERSARIAL_WEIGHT  # Eq. 8; 0: no HR discriminator
-    lr_adversarial_weight: float = ADVERSARIAL_WEIGHT  # Eq. 10; 0: no downsampler and no LR discriminator
+    distill_weight: float = ranged(1.0, "[0, inf)")  # Eq. 6
+    hr_adversarial_weight: float = ranged(ADVERSARIAL_WEIGHT, "[0, inf)")  # Eq. 8; 0: no HR discriminator
+    lr_adversarial_weight: float = ranged(ADVERSARIAL_WEIGHT, "[0, inf)")  # Eq. 10; 0: no downsampler and no LR discriminator
 
 
 @dataclass(frozen=True)
 class DownsamplerConfig:
-    channels: int = 64  # width of the learnable downsampler's convolutions
+    channels: int = ranged(64, "[1, inf)")  # width of the learnable downsampler's convolutions
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class TDDSRConfig:
     lr_discriminator: FeatureDiscriminatorConfig = field(default_factory=FeatureDiscriminatorConfig)
     downsampler: DownsamplerConfig = field(default_factory=DownsamplerConfig)
     optimizer: StudentOptimizerConfig = field(default_factory=StudentOptimizerConfig)  # Adam, lr 5e-5
-    discriminator_lr: float = 5e-5
+    discriminator_lr: float = ranged(5e-5, "[0, 1]")
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=20_000))
     data: DataConfig = field(default_factory=DataConfig)
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from osdsr.config import ranged
+
 
 class PixelUnshuffleAutoencoder(nn.Module):
     """Lossless f-times downsampling: ``[B, C, H, W] -> [B, C*f*f, H/f, W/f]`` and back."""
@@ -51,12 +53,12 @@ VQ_DISTANCE_CHUNK = 4096  # latent pixels per chunk of the nearest-code search (
 class VQAutoencoderConfig:
     """VQGAN with two 2x downsamplings (f4); the defaults are the official ResShift x4 release."""
 
-    embed_dim: int = 3  # latent channels (the codebook vectors' size)
-    n_embed: int = 8192  # codebook entries
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 2, 4)
-    num_res_blocks: int = 2
-    image_channels: int = 3
+    embed_dim: int = ranged(3, "[1, inf)")  # latent channels (the codebook vectors' size)
+    n_embed: int = ranged(8192, "[1, inf)")  # codebook entries
+    ch: int = ranged(128, "[1, inf)")
+    ch_mult: tuple[int, ...] = ranged((1, 2, 4), "[1, inf)")
+    num_res_blocks: int = ranged(2, "[1, inf)")
+    image_channels: int = ranged(3, "[1, inf)")
 
     def __post_init__(self) -> None:
         if len(self.ch_mult) != 3:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from osdsr.config import ranged
 from osdsr.complexity import ComplexityPart, Parts, meta_zeros
 
 LEAKY_SLOPE = 0.2
@@ -30,8 +31,8 @@ NORM_GROUPS = 8
 class FeatureDiscriminatorConfig:
     """Widths of the feature network's stages (each halves the resolution) and of the heads."""
 
-    channels: tuple[int, ...] = (64, 128, 256, 256)
-    head_channels: int = 64
+    channels: tuple[int, ...] = ranged((64, 128, 256, 256), "[1, inf)")
+    head_channels: int = ranged(64, "[1, inf)")
     train_features: bool = True  # TDDSR trains the feature network; False freezes it
 
     def __post_init__(self) -> None:

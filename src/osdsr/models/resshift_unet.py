@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from osdsr.config import ranged
+
 GROUP_NORM_GROUPS = 32  # guided-diffusion's normalization(): GroupNorm with 32 groups
 MASKED_LOGIT = -100.0  # the official Swin code masks attention logits with -100, not -inf
 TIMESTEP_MAX_PERIOD = 10000
@@ -34,18 +36,18 @@ class SwinUNetConfig:
     crop: 256 HR -> 64 latent); other sizes work, their masks are computed on the fly.
     """
 
-    latent_channels: int = 3  # channels of z_t (input) and of the predicted z_0 (output)
-    lq_channels: int = 3  # channels of the LR image concatenated to z_t
-    model_channels: int = 160
-    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
-    num_res_blocks: int = 2
-    swin_depth: int = 2
-    swin_embed_dim: int = 192
-    window_size: int = 8
-    mlp_ratio: float = 4.0
-    num_head_channels: int = 32
-    image_size: int = 64
-    dropout: float = 0.0
+    latent_channels: int = ranged(3, "[1, inf)")  # channels of z_t (input) and of the predicted z_0 (output)
+    lq_channels: int = ranged(3, "[1, inf)")  # channels of the LR image concatenated to z_t
+    model_channels: int = ranged(160, "[1, inf)")
+    channel_mult: tuple[int, ...] = ranged((1, 2, 2, 4), "[1, inf)")
+    num_res_blocks: int = ranged(2, "[1, inf)")
+    swin_depth: int = ranged(2, "[1, inf)")
+    swin_embed_dim: int = ranged(192, "[1, inf)")
+    window_size: int = ranged(8, "[1, inf)")
+    mlp_ratio: float = ranged(4.0, "(0, inf)")
+    num_head_channels: int = ranged(32, "[1, inf)")
+    image_size: int = ranged(64, "[1, inf)")
+    dropout: float = ranged(0.0, "[0, 1)")
 
     def __post_init__(self) -> None:
         widths = [self.model_channels * m for m in self.channel_mult] + [self.swin_embed_dim]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from osdsr.config import from_dict, to_dict
+from osdsr.config import from_dict, ranged, to_dict
 from osdsr.diffusion.ddpm import SD21_SCHEDULER_CONFIG, DDPMSchedule
 from osdsr.models.autoencoders import PixelUnshuffleAutoencoder
 
@@ -78,8 +78,8 @@ SD_LORA_TARGETS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    rank: int = 16
-    alpha: float = 16.0
+    rank: int = ranged(16, "[1, inf)")
+    alpha: float = ranged(16.0, "(0, inf)")
     target_modules: tuple[str, ...] = SD_LORA_TARGETS
 
 
@@ -91,12 +91,12 @@ class SDGeneratorConfig:
     unet: dict[str, Any] | None = None  # UNet2DConditionModel kwargs when not pretrained
     vae: dict[str, Any] | None = None  # AutoencoderKL kwargs when not pretrained and autoencoder == "kl"
     autoencoder: Literal["kl", "pixel_unshuffle"] = "kl"
-    unshuffle_factor: int = 8  # latent stride of the pixel_unshuffle autoencoder (8 = SD's f8 grid)
+    unshuffle_factor: int = ranged(8, "[1, inf)")  # latent stride of the pixel_unshuffle autoencoder (8 = SD's f8 grid)
     scheduler: dict[str, Any] | None = None  # DDPM scheduler config when not pretrained
-    timestep: int = 999  # T_L, the fixed intermediate step (D3SR Eq. 1)
+    timestep: int = ranged(999, "[0, inf)")  # T_L, the fixed intermediate step (D3SR Eq. 1)
     prompt_embedding: Literal["fixed", "learnable"] = "fixed"  # D3SR: fixed; DFOSD: learnable
     prompt: str = ""  # encoded once with the base folder's text encoder, if it has one
-    prompt_length: int = 77
+    prompt_length: int = ranged(77, "[1, inf)")
     lora: LoRAConfig | None = field(default_factory=LoRAConfig)  # None: train the whole UNet
 
     @classmethod
