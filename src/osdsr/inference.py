@@ -254,6 +254,7 @@ def upscale_tensor(
             hr = blend_tiles(model.decode, [(z_hr, latent_factor)], out_factor=hr_factor, **blend)
         del z_hr
         hr = hr[:, :, : height * model.scale, : width * model.scale]
+        check_finite(hr)
         if color_fix == "adain":
             adain_color_fix_(hr, bicubic_statistics(rgb.float(), model.scale))
         hr = hr.clamp_(0.0, 1.0)
@@ -263,6 +264,15 @@ def upscale_tensor(
         if alpha is not None:
             hr = torch.cat([hr, bicubic_upsample(alpha.float(), model.scale).clamp_(0.0, 1.0)], dim=1)
         return hr.contiguous()
+
+
+def check_finite(hr: torch.Tensor) -> None:
+    """A model whose weights are ruined (or a half-precision overflow) gives NaN/inf: refuse to write it."""
+    if not torch.isfinite(hr).all():
+        raise ValueError(
+            "the model's output has NaN/inf values; its weights are broken (export an earlier checkpoint) or, "
+            "with --dtype bf16/fp16, the computation overflowed (use --dtype fp32)"
+        )
 
 
 def _check_inputs(model: SRModel, lr: torch.Tensor, color_fix: str, batch_size: int) -> None:

@@ -75,13 +75,43 @@ def test_mismatched_folders_are_reported(folders, tmp_path: Path, capsys) -> Non
     assert "evaluating the 2 matching pairs" in capsys.readouterr().err
 
 
-def test_size_mismatch_names_the_file(folders, capsys) -> None:
+def test_images_that_cannot_be_scored_are_marked_and_the_rest_scored(folders, tmp_path: Path, capsys) -> None:
     pred_dir, gt_dir = folders
-    Image.open(gt_dir / "kodim08.bmp").crop((0, 0, 200, 112)).save(gt_dir / "kodim08.bmp")
-    assert main(["eval", "--pred", str(pred_dir), "--gt", str(gt_dir), "--metrics", "psnr"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert "kodim08" in err and "208x112" in err and "200x112" in err
+    Image.open(gt_dir / "kodim08.bmp").crop((0, 0, 200, 112)).save(gt_dir / "kodim08.bmp")  # another size
+    (pred_dir / "kodim12.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+    out_csv = tmp_path / "metrics.csv"
+    assert main(["eval", "--pred", str(pred_dir), "--gt", str(gt_dir), "--metrics", "psnr", "--csv", str(out_csv)]) == 1
+    captured = capsys.readouterr()
+    rows = _read_csv(out_csv)
+    assert rows[0] == ["image", "psnr", "error"] and [row[0] for row in rows[1:]] == [*PHOTOS, "mean"]
+    assert rows[2][1] == rows[3][1] == "" and "208x112" in rows[2][2] and "200x112" in rows[2][2]
+    assert "kodim12.png: truncated or corrupt" in rows[3][2] or "kodim12.png: not a readable image" in rows[3][2]
+    assert rows[1][2] == "" and rows[-1][1] == rows[1][1]  # the mean is over the scored image
+    assert "not scored: kodim08" in captured.out and "not scored: kodim12" in captured.out
+    assert captured.err.strip().splitlines()[-1].startswith("osdsr eval: 2 of 3 image(s) not scored")
+
+
+@pytest.mark.parametrize("where", ["folder", "read-only"])
+def test_an_unwritable_csv_is_one_line_before_scoring(folders, tmp_path: Path, capsys, monkeypatch, where) -> None:
+    import errno
+    import tempfile
+
+    import osdsr.commands.evaluate
+
+    pred_dir, gt_dir = folders
+    target = tmp_path / "results"
+    if where == "folder":
+        target.mkdir()
+    else:
+        def read_only(*args: object, **kwargs: object) -> tuple[int, str]:
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(osdsr.commands.evaluate, "evaluate", lambda *a, **k: pytest.fail("scored before the check"))
+    assert main(["eval", "--pred", str(pred_dir), "--gt", str(gt_dir), "--csv", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = f"{target}: is a folder; give a file name" if where == "folder" else f"{tmp_path}: cannot write (read-only"
+    assert len(err) == 1 and err[0].startswith(f"osdsr eval: error: {expected}")
 
 
 def test_full_reference_metrics_need_gt(folders, tmp_path: Path, capsys) -> None:

@@ -215,3 +215,121 @@ def test_metadata_reaches_the_output(tmp_path: Path) -> None:
         assert shot.getexif()[0x0112] == 1 and shot.getexif()[0x010F] == "osdsr camera"
     with Image.open(out / "scan.png") as scan:
         assert scan.text == {"Comment": "sunset over the bay"} and scan.info["icc_profile"] == icc
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("osdsr upscale:")]
+
+
+def test_an_unwritable_output_folder_is_one_line_before_any_image_is_computed(
+    good_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+    import tempfile
+
+    import osdsr.inference
+
+    computed = []
+    monkeypatch.setattr(osdsr.inference, "upscale_image", lambda *a, **k: computed.append(a))
+
+    def read_only(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(errno.EROFS, "Read-only file system", str(kwargs.get("dir")) + "/.tmp")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert _upscale(good_folder, "-o", tmp_path / "out") == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert errors == [f"osdsr upscale: error: {tmp_path / 'out'}: cannot write (read-only file system: choose an "
+                      "output folder on a writable disk)"]
+    assert computed == []
+
+
+def test_a_model_giving_nan_fails_that_file_instead_of_writing_a_black_image(
+    good_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import osdsr.model_loading
+
+    original = osdsr.model_loading.load_sr_model
+
+    def broken(name: str, options: object) -> object:
+        model = original(name, options)
+        decode = model.decode
+        model.decode = lambda z: decode(z) * float("nan")
+        return model
+
+    monkeypatch.setattr(osdsr.model_loading, "load_sr_model", broken)
+    out = tmp_path / "out"
+    assert _upscale(good_folder / "odd.png", "-o", out) == 1
+    err = capsys.readouterr().err
+    errors = _error_lines(err)
+    assert len(errors) == 1 and f"failed: {good_folder / 'odd.png'}: the model's output has NaN/inf" in errors[0]
+    assert "0 written, 0 skipped, 1 failed" in err and not out.joinpath("odd.png").exists()
+
+
+def test_a_full_disk_names_the_input_and_the_real_output(
+    good_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+
+    def full_disk(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    out = tmp_path / "out"
+    assert _upscale(good_folder, "-o", out) == 1
+    errors = _error_lines(capsys.readouterr().err)
+    assert errors[0] == (f"osdsr upscale: failed: {good_folder / 'odd.png'}: {out / 'odd.png'}: cannot write "
+                         "(no space left on device: free disk space or choose another output)")
+    assert list(out.iterdir()) == []  # no temporary file left
+
+
+def test_a_file_another_process_writes_meanwhile_is_kept_and_reported_skipped(
+    good_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import osdsr.inference
+
+    out = tmp_path / "out"
+    original = osdsr.inference.upscale_image
+
+    def racing(*args: object, **kwargs: object) -> object:
+        result = original(*args, **kwargs)
+        (out / "odd.png").write_bytes(b"the other process's result")  # it finished first
+        return result
+
+    monkeypatch.setattr(osdsr.inference, "upscale_image", racing)
+    assert _upscale(good_folder / "odd.png", "-o", out) == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "written meanwhile by another process" in captured.err
+    assert "0 written, 1 skipped, 0 failed" in captured.out
+    assert (out / "odd.png").read_bytes() == b"the other process's result"
+    assert [p.name for p in out.iterdir()] == ["odd.png"]
+
+
+def test_temporary_files_of_a_killed_upscale_are_removed_on_the_next(good_folder: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = out / f".photo.png.{dead.stdout.strip()}.x1y2z3.tmp"
+    others = [out / ".photo.png.tmp", out / f".photo.png.{os.getpid()}.live00.tmp", out / "notes.tmp"]
+    for path in (orphan, *others):
+        path.write_bytes(b"partial")
+    assert _upscale(good_folder, "-o", out) == 0
+    assert not orphan.exists() and all(path.exists() for path in others)
+
+
+def test_a_gif_in_a_folder_is_upscaled_and_its_extra_frames_are_named(
+    good_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    frames = [Image.fromarray(_rgb(8, 8, seed=s)).convert("P") for s in range(3)]
+    frames[0].save(good_folder / "anim.gif", save_all=True, append_images=frames[1:])
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        assert _upscale(good_folder, "-o", out, "--format", "same") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["anim.png", "odd.png", "photo.jpg"]
+    assert [m for m in caplog.messages if "anim.gif" in m] == [
+        f"{good_folder / 'anim.gif'}: has 3 frames; only the first is used (split it into single images to process "
+        "every frame)"
+    ]

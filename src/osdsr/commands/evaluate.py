@@ -3,6 +3,8 @@
 Prints a per-image table with the mean, and writes it as CSV (``image,<metric>,...``, a last ``mean`` row)
 and/or Markdown. PSNR and SSIM (on Y, border cropped) need ``--gt``; NIQE needs nothing; LPIPS, DISTS and the
 pyiqa metrics need local weight files and are reported as unavailable, with the reason, when they cannot run.
+An image that cannot be read or scored (corrupt, another size than its ground truth, too small for NIQE) gets
+empty cells and its reason; the others are scored, and the command exits with 1.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from osdsr.metrics.evaluation import build_metrics, evaluate, match_folders
 from osdsr.metrics.external import PYIQA_METRICS
 from osdsr.metrics.fidelity import DEFAULT_CROP_BORDER
 from osdsr.metrics.registry import METRICS, MetricOptions
-from osdsr.weights_io import atomic_path
+from osdsr.weights_io import atomic_path, check_writable
 
 DEFAULT_WITH_GT = "psnr,ssim,niqe"
 DEFAULT_WITHOUT_GT = "niqe"
@@ -99,8 +101,13 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     for output in (args.csv, args.markdown):
-        if output is not None and output.exists() and not args.overwrite:
+        if output is None:
+            continue
+        if output.is_dir():
+            raise CommandError(f"{output}: is a folder; give a file name, e.g. {output / 'metrics.csv'}")
+        if output.exists() and not args.overwrite:
             raise FileExistsError(f"{output}: already exists; pass --overwrite to replace it")
+        check_writable(output.parent)  # now, not after every image was scored
 
     match = match_folders(args.pred, args.gt)
     if match.missing_pred or match.missing_gt:
@@ -125,4 +132,11 @@ def run(args: argparse.Namespace) -> int:
         _write(args.csv, table.to_csv())
     if args.markdown is not None:
         _write(args.markdown, table.to_markdown())
+    if table.errors:
+        print(
+            f"osdsr eval: {len(table.errors)} of {len(table.rows)} image(s) not scored (empty cells; reasons above): "
+            "fix or remove them and run again",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from osdsr.model_loading import LoadOptions, load_sr_model
+    from osdsr.weights_io import check_writable, remove_orphaned_temporaries
 
     _check_numbers(args)
     names, report = collect_inputs(args.inputs, recursive=args.recursive, exclude=args.output)
@@ -108,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
     dtype = _check_dtype(args.dtype, device)
     if args.output.exists() and not args.output.is_dir():
         raise CommandError(f"{args.output}: exists and is not a folder")
-    args.output.mkdir(parents=True, exist_ok=True)
+    for folder in sorted({target.parent for target in targets.values()}):
+        check_writable(folder)  # before any image is computed
+        remove_orphaned_temporaries(folder)  # what a killed run left
 
     options = LoadOptions(steps=args.steps, pretrained=args.pretrained, device=device, dtype=dtype)
     model = load_sr_model(args.model, options)
@@ -147,9 +150,13 @@ def run(args: argparse.Namespace) -> int:
                 continue
             upscale_file(model, source, target, settings, overwrite=args.overwrite, progress=tile_progress)
             report.written.append(target)
+        except FileExistsError:  # another process wrote the target while this one computed it
+            say(f"skipped {source}: {target} was written meanwhile by another process (--overwrite replaces it)")
+            report.skipped.append(source)
         except (ValueError, OSError, RuntimeError) as exc:
             hint = " (a smaller --tile needs less memory)" if isinstance(exc, torch.OutOfMemoryError) else ""
-            say(f"failed: {exc}{hint}")
+            message = str(exc) if str(source) in str(exc) else f"{source}: {exc}"  # always name the input
+            say(f"failed: {message}{hint}")
             report.failed.append(source)
         finally:
             images_bar.update(1)
@@ -259,7 +266,7 @@ def output_paths(names: dict[Path, Path], out_dir: Path, output_format: str, suf
     the input's own suffix."""
     targets = {}
     for source, name in names.items():
-        same = output_format == "same" and source.suffix.lower() in IMAGE_FORMATS
+        same = output_format == "same" and IMAGE_FORMATS.get(source.suffix.lower()) in FORMAT_SUFFIX
         extension = source.suffix if same else FORMAT_SUFFIX["PNG"]
         targets[source] = out_dir / name.parent / f"{name.stem}{suffix}{extension}"
     return targets

@@ -15,8 +15,6 @@ and written by the small PNG/TIFF encoders at the end of this module.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import struct
 import sys
 import zlib
@@ -28,10 +26,13 @@ import torch
 from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
+from osdsr.weights_io import atomic_path
+
 logger = logging.getLogger(__name__)
 
-# file suffix -> Pillow format name, for the formats this project reads and writes
+# file suffix -> Pillow format name, for the formats this project reads (it writes those in FORMAT_SUFFIX)
 IMAGE_FORMATS: dict[str, str] = {
+    ".gif": "GIF",  # read only: its first frame (see load_image)
     ".png": "PNG",
     ".jpg": "JPEG",
     ".jpeg": "JPEG",
@@ -99,6 +100,13 @@ def load_image(path: str | Path) -> LoadedImage:
                 upright = ImageOps.exif_transpose(img)
                 pixels, alpha, bit_depth = _pixels_from_pil(path, upright)
             exif = _upright_exif(img)  # after the orientation was applied: this resets it
+            frames = getattr(img, "n_frames", 1)
+        if frames > 1:  # animated GIF/WebP, multi-page TIFF
+            logger.warning(
+                "%s: has %d frames; only the first is used (split it into single images to process every frame)",
+                path,
+                frames,
+            )
     except Image.UnidentifiedImageError:
         raise ValueError(
             f"{path}: not a readable image (unknown or corrupt format); use PNG, JPEG, WebP, TIFF or BMP"
@@ -225,12 +233,13 @@ def save_image(
     """Write ``image`` to ``path`` (format from the suffix) via a temporary file in the same folder.
 
     16-bit depth is kept for PNG and TIFF and reduced to 8 bits for JPEG, WebP and BMP. Raises
-    ``FileExistsError`` if ``path`` exists and ``overwrite`` is false.
+    ``FileExistsError`` if ``path`` exists and ``overwrite`` is false, also when another process
+    creates it while this one writes (the final name is created exclusively).
     """
     path = Path(path)
     fmt = IMAGE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"{path}: unknown image suffix; use one of {sorted(IMAGE_FORMATS)}")
+    if fmt not in FORMAT_SUFFIX:
+        raise ValueError(f"{path}: cannot write this suffix; use one of {sorted(FORMAT_SUFFIX.values())}")
     if image.alpha is not None and fmt not in ALPHA_FORMATS:
         raise ValueError(f"{path}: {fmt} cannot store an alpha channel; write a .png instead")
     if path.exists() and not overwrite:
@@ -238,17 +247,12 @@ def save_image(
     if not path.parent.is_dir():
         raise NotADirectoryError(f"{path.parent}: output folder does not exist")
     bit_depth = image.bit_depth if fmt in SIXTEEN_BIT_FORMATS else 8
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as stream:
-            if bit_depth == 16 and not image.is_gray:
-                samples = _quantize(_with_alpha(image), 16)
-                _encode_16bit_colour(stream, samples, fmt, image)
-            else:
-                _to_pil(image, bit_depth).save(stream, format=fmt, **_save_options(fmt, image))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_path(path, exclusive=not overwrite) as temporary, open(temporary, "wb") as stream:
+        if bit_depth == 16 and not image.is_gray:
+            samples = _quantize(_with_alpha(image), 16)
+            _encode_16bit_colour(stream, samples, fmt, image)
+        else:
+            _to_pil(image, bit_depth).save(stream, format=fmt, **_save_options(fmt, image))
     return path
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -115,27 +116,40 @@ def _read_pair(pair: ImagePair) -> tuple[np.ndarray, np.ndarray | None]:
 
 @dataclass
 class EvaluationTable:
-    """Per-image metric values (rows in file order), their means, and the metrics that could not run."""
+    """Per-image metric values (rows in file order), their means, and the metrics that could not run.
+
+    An image that could not be read or scored by a metric has no value there (an empty cell) and its
+    reason in ``errors``; means are over the images that have a value.
+    """
 
     metric_names: list[str]
     rows: list[tuple[str, dict[str, float]]] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # image name -> why some or all of its cells are empty
 
     def means(self) -> dict[str, float]:
-        return {m: float(np.mean([values[m] for _, values in self.rows])) for m in self.metric_names}
+        scored = {m: [values[m] for _, values in self.rows if m in values] for m in self.metric_names}
+        return {m: float(np.mean(v)) if v else math.nan for m, v in scored.items()}
 
     def _value_rows(self, fmt: str) -> list[list[str]]:
-        rows = [[name] + [format(values[m], fmt) for m in self.metric_names] for name, values in self.rows]
-        means = self.means()
-        return rows + [["mean"] + [format(means[m], fmt) for m in self.metric_names]]
+        def cells(values: dict[str, float]) -> list[str]:
+            return [format(values[m], fmt) if m in values and not math.isnan(values[m]) else "" for m in self.metric_names]
+
+        return [[name, *cells(values)] for name, values in self.rows] + [["mean", *cells(self.means())]]
+
+    def error_notes(self) -> list[str]:
+        return [f"not scored: {name}: {reason}" for name, reason in self.errors.items()]
 
     def to_csv(self) -> str:
-        """``image,<metric>,...`` then one row per image and a last ``mean`` row (6 decimals)."""
+        """``image,<metric>,...`` then one row per image and a last ``mean`` row (6 decimals); when some
+        image could not be scored, a last ``error`` column gives the reason."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["image", *self.metric_names])
-        writer.writerows(self._value_rows(".6f"))
+        extra = ["error"] if self.errors else []
+        writer.writerow(["image", *self.metric_names, *extra])
+        for row in self._value_rows(".6f"):
+            writer.writerow(row + ([self.errors.get(row[0], "")] if extra else []))
         return buffer.getvalue()
 
     def to_markdown(self) -> str:
@@ -145,7 +159,7 @@ class EvaluationTable:
         lines += ["| " + " | ".join(row) + " |" for row in rows[:-1]]
         lines.append("| **mean** | " + " | ".join(f"**{v}**" for v in rows[-1][1:]) + " |")
         extra = [f"- {name}: unavailable ({reason})" for name, reason in self.unavailable.items()]
-        extra += [f"- {note}" for note in self.notes]
+        extra += [f"- {note}" for note in self.notes + self.error_notes()]
         return "\n".join(lines + ([""] + extra if extra else [])) + "\n"
 
     def to_text(self) -> str:
@@ -159,7 +173,7 @@ class EvaluationTable:
         lines = [line(row) for row in cells]
         lines.insert(-1, "-" * len(lines[0]))  # above the mean row
         lines += [f"{name}: unavailable ({reason})" for name, reason in self.unavailable.items()]
-        lines += self.notes
+        lines += self.notes + self.error_notes()
         return "\n".join(lines) + "\n"
 
 
@@ -168,15 +182,23 @@ def evaluate(
     metrics: dict[str, Callable[..., float]],
     progress: Callable[[Iterable[ImagePair]], Iterable[ImagePair]] = iter,
 ) -> EvaluationTable:
-    """Every metric on every pair; a metric that fails on an image raises a ValueError naming the file."""
+    """Every metric on every pair. An image that cannot be read (or a metric that fails on it) leaves
+    its cells empty and its reason in ``table.errors``; the other images are still scored."""
     table = EvaluationTable(list(metrics))
     for pair in progress(pairs):
-        pred, gt = _read_pair(pair)
-        values = {}
-        for name, metric in metrics.items():
-            try:
-                values[name] = metric(pred, gt) if METRICS[name].needs_gt else metric(pred)
-            except ValueError as exc:
-                raise ValueError(f"{pair.pred}: {name}: {exc}") from None
+        values: dict[str, float] = {}
+        problems = []
+        try:
+            pred, gt = _read_pair(pair)
+        except (ValueError, OSError) as exc:
+            problems.append(str(exc))
+        else:
+            for name, metric in metrics.items():
+                try:
+                    values[name] = metric(pred, gt) if METRICS[name].needs_gt else metric(pred)
+                except ValueError as exc:
+                    problems.append(f"{pair.pred}: {name}: {exc}")
+        if problems:
+            table.errors[pair.name] = "; ".join(problems)
         table.rows.append((pair.name, values))
     return table
