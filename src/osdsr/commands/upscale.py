@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         return _dry_run(targets, args.overwrite, report)
     shared_targets = {t for t, n in Counter(targets.values()).items() if n > 1}
     device, process_label, files = _distribute(list(names), args.device)
-    dtype = _check_dtype(args.dtype, device)
+    dtype = check_dtype(args.dtype, device)
     if args.output.exists() and not args.output.is_dir():
         raise CommandError(f"{args.output}: exists and is not a folder")
     for folder in sorted({target.parent for target in targets.values()}):
@@ -294,13 +294,13 @@ def _distribute(files: list[Path], device_arg: str | None) -> tuple[torch.device
         from accelerate import PartialState
 
         state = PartialState()
-        device = _parse_device(device_arg) if device_arg else state.device
+        device = parse_device(device_arg) if device_arg else state.device
         label = f"[process {state.process_index + 1}/{state.num_processes}] "
         return device, label, files[state.process_index :: state.num_processes]
-    return _parse_device(device_arg or "cpu"), "", files
+    return parse_device(device_arg or "cpu"), "", files
 
 
-def _parse_device(text: str) -> torch.device:
+def parse_device(text: str) -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError:
@@ -318,7 +318,7 @@ def _parse_device(text: str) -> torch.device:
     return device
 
 
-def _check_dtype(name: str, device: torch.device) -> torch.dtype:
+def check_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "fp16" and device.type == "cpu":
         raise CommandError("--dtype fp16 needs a GPU (--device cuda or mps); on CPU use bf16 or fp32")
     return DTYPES[name]
