@@ -70,7 +70,7 @@ def error_lines(stderr: str) -> list[str]:
 def test_resume_replays_the_same_losses(tmp_path: Path, hr_folder: Path) -> None:
     """40 steps in one go == 20 steps, then --resume to 40 (same per-step losses, same exported EMA model),
     with a learning-rate warm-up across the split: the schedule is a function of the step."""
-    extra = settings(hr_folder, "trainer.ema_decay=0.9", "trainer.warmup_steps=30")
+    extra = settings(hr_folder, "trainer.ema_decay=0.9", "optimizer.warmup_steps=30", "discriminator.warmup_steps=20")
     assert train(tmp_path / "straight", 40, hr_folder, *extra) == 0
     assert train(tmp_path / "split", 20, hr_folder, *extra) == 0
     assert [step for step, _ in list_checkpoints(tmp_path / "split" / "checkpoints")] == [20]
@@ -113,11 +113,11 @@ def test_prefetching_the_next_batch_changes_no_number(tmp_path: Path, hr_folder:
 
 
 def test_lr_schedule_warms_up_then_follows_a_cosine() -> None:
-    config = TrainerConfig(max_steps=110, lr_schedule="cosine", warmup_steps=10, min_lr_ratio=0.1)
-    assert [lr_factor(config, s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
-    assert lr_factor(config, 10) == pytest.approx(1.0)
-    assert lr_factor(config, 60) == pytest.approx(0.1 + 0.9 * 0.5)  # half way down
-    assert lr_factor(config, 110) == pytest.approx(0.1)
+    config = TrainerConfig(max_steps=110, lr_schedule="cosine", min_lr_ratio=0.1)
+    assert [lr_factor(config, s, warmup_steps=10) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_factor(config, 10, warmup_steps=10) == pytest.approx(1.0)
+    assert lr_factor(config, 60, warmup_steps=10) == pytest.approx(0.1 + 0.9 * 0.5)  # half way down
+    assert lr_factor(config, 110, warmup_steps=10) == pytest.approx(0.1)
     assert lr_factor(TrainerConfig(max_steps=50), 30) == 1.0  # constant
 
 
@@ -175,11 +175,11 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(
     calls = {"n": 0}
 
     def diverging(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - wraps the method as is
-        terms, cache = original(self, *args, **kwargs)
+        terms = original(self, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] >= 8:  # optimiser step 8
             terms["mse"] = terms["mse"] * float("nan")
-        return terms, cache
+        return terms
 
     monkeypatch.setattr(D3SRMethod, "generator_losses", diverging)
     extra = settings(hr_folder, "trainer.checkpoint_every=3")

@@ -4,6 +4,15 @@ A method (``osdsr.methods.<name>``) builds its networks and defines its loss ter
 everything else: data and on-the-fly degradation, optimisers, gradient accumulation, mixed precision,
 EMA of the generator, atomic checkpoints and exact resume, the NaN guard, validation and logging.
 
+One optimiser step (``Trainer._train_step``) is ``trainer.discriminator_steps`` rounds of
+``gradient_accumulation_steps`` micro-batches each. The generator steps once, in the first round
+(``step_order: generator_first``: it trains against the discriminator as it is, which then trains on
+the same generator outputs) or in the last (``discriminator_first``: the discriminator trains on the
+current generator outputs, then the generator trains against the updated discriminator); the
+discriminator steps once per round. Gradients of a network are summed over its round's micro-batches
+(each loss divided by the number of micro-batches, as ``accelerate`` does), with DDP's all-reduce only
+on the last one (``no_sync`` before).
+
 Randomness is stateless per step: the batch of micro-step ``k`` on process ``r`` is fully determined
 by ``(seed, k, r)`` (dataset items by index, degradation and method noise by a generator seeded from
 the same triple). Resuming from a checkpoint at step ``k`` therefore replays exactly the same losses
@@ -18,7 +27,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -75,7 +84,10 @@ class TrainerConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     seed: int = ranged(0, "[0, 1e9]")
     ema_decay: float = ranged(0.0, "[0, 1)")  # 0 disables the EMA
-    grad_clip: float | None = ranged(1.0, "(0, inf)")
+    grad_clip: float | None = ranged(1.0, "(0, inf)")  # max gradient norm of each network per step; null: no clipping
+    step_order: Literal["generator_first", "discriminator_first"] = "generator_first"
+    # discriminator steps per generator step (the D:G ratio), each on its own batch
+    discriminator_steps: int = ranged(1, "[1, inf)")
     checkpoint_every: int = ranged(500, "[1, inf)")
     keep_checkpoints: int = ranged(2, "[1, inf)")
     log_every: int = ranged(10, "[1, inf)")
@@ -85,36 +97,59 @@ class TrainerConfig:
     # start from these generator weights: an exported model folder, a checkpoint .pt, or another run's
     # config .yaml (`osdsr train` trains that run first when its runs/<name>/model is missing)
     init_from: str | None = None
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # multiplies every optimiser's lr (after warm-up)
-    warmup_steps: int = ranged(0, "[0, inf)")  # linear warm-up from 0 to the configured lr
+    # multiplies every optimiser's lr after its own linear warm-up (the method's optimizer.warmup_steps and
+    # its discriminator's warmup_steps)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     min_lr_ratio: float = ranged(0.0, "[0, 1]")  # the cosine schedule ends at this fraction of the lr
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
+Outputs = dict[str, torch.Tensor]
+
+
 class Method(Protocol):
-    """What a method gives the trainer (see ``osdsr.methods``)."""
+    """What a method gives the trainer (see ``osdsr.methods``).
+
+    A step is split in three so that the trainer can order the generator and discriminator updates:
+    ``generator_outputs`` runs the generator (and draws what both losses share), ``generator_losses``
+    and ``discriminator_losses`` turn those outputs into weighted loss terms (summed by the trainer).
+    """
 
     generator: nn.Module
     discriminator: nn.Module | None
+    warmup_steps: dict[str, int]  # linear lr warm-up of each optimiser, in trainer steps
 
     def optimizers(self, generator: nn.Module, discriminator: nn.Module | None) -> dict[str, torch.optim.Optimizer]:
         """``{"generator": ..., "discriminator": ...}`` over the (prepared) modules' trainable parameters."""
 
+    def generator_outputs(self, batch: dict[str, torch.Tensor], generator: nn.Module, rng: torch.Generator) -> Outputs:
+        """The generator's forward pass on ``batch`` (with gradients) and the randomness both losses share."""
+
     def generator_losses(
-        self, batch: dict[str, torch.Tensor], generator: nn.Module, discriminator: nn.Module | None, rng: torch.Generator
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Weighted loss terms (summed by the trainer) and tensors the discriminator step reuses."""
+        self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module | None, rng: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Weighted generator loss terms; ``discriminator`` is the bare module with its weights frozen."""
 
     def discriminator_losses(
-        self, batch: dict[str, torch.Tensor], cache: dict[str, torch.Tensor], discriminator: nn.Module, rng: torch.Generator
+        self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
-        """Weighted discriminator loss terms."""
+        """Weighted discriminator loss terms on the detached ``outputs``; every network call goes through
+        ``discriminator`` itself (its forward), so that DDP all-reduces its gradients."""
 
     def export(self, generator: nn.Module, path: Path) -> Path:
         """Write the trained generator as a model that ``osdsr upscale --model`` loads."""
 
     def sr_model(self, generator: nn.Module) -> Any:
         """An SR model (``osdsr.models.sr_model``) around the generator, for validation."""
+
+
+BatchSource = Callable[[int], tuple[dict[str, torch.Tensor], torch.Generator]]  # micro-step -> (batch, rng)
+LogRows = dict[str, list[float]]  # logged name -> its values over the micro-batches of a step
+
+
+def add_logs(rows: LogRows, values: dict[str, float]) -> None:
+    for key, value in values.items():
+        rows.setdefault(key, []).append(value)
 
 
 class TrainingDiverged(RuntimeError):
@@ -157,15 +192,16 @@ def gradients_off(params: Iterable[nn.Parameter]) -> Iterator[None]:
             param.requires_grad_(True)
 
 
-def lr_factor(config: TrainerConfig, step: int) -> float:
-    """The multiplier of the configured learning rates for optimiser step ``step`` (0-based); the cosine
-    runs over ``config.max_steps``, so `--max-steps` reshapes it."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
+def lr_factor(config: TrainerConfig, step: int, warmup_steps: int = 0) -> float:
+    """The multiplier of an optimiser's configured learning rate at trainer step ``step`` (0-based): a
+    linear warm-up ``(step + 1) / warmup_steps``, then the schedule; the cosine runs over the rest of
+    ``config.max_steps``, so `--max-steps` reshapes it."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
     if config.lr_schedule == "constant":
         return 1.0
-    span = max(config.max_steps - config.warmup_steps, 1)
-    progress = min((step - config.warmup_steps) / span, 1.0)
+    span = max(config.max_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / span, 1.0)
     return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -338,6 +374,10 @@ class Trainer:
         if trainer.init_from:
             load_initial_weights(generator, Path(trainer.init_from))
         discriminator = method.discriminator
+        # recorded once: the generator's updates freeze exactly these and nothing else
+        self.discriminator_trainable = (
+            [p for p in discriminator.parameters() if p.requires_grad] if discriminator is not None else []
+        )
         optimizers = method.optimizers(generator, discriminator)
         prepared = self.accelerator.prepare(generator, *([discriminator] if discriminator is not None else []))
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)
@@ -478,32 +518,122 @@ class Trainer:
         with torch.cuda.device(acc.device) if acc.device.type == "cuda" else nullcontext():
             return self.data.batch(indices, rng, acc.device), rng
 
-    def _micro_step(self, batch: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, float]:
-        acc = self.accelerator
-        logs: dict[str, float] = {}
-        with acc.accumulate(self.generator):
-            with acc.autocast():
-                terms, cache = self.method.generator_losses(batch, self.generator, self.discriminator, rng)
+    @property
+    def rounds(self) -> int:
+        """Rounds of micro-batches per optimiser step: one per discriminator step."""
+        return self.config.discriminator_steps if self.discriminator is not None else 1
+
+    def micro_steps(self, step: int, round_: int) -> list[int]:
+        """The micro-step indices of round ``round_`` of optimiser step ``step``: consecutive, so that the
+        batches are a function of the step (exact resume) and every batch is used once."""
+        accum = self.config.gradient_accumulation_steps
+        first = (step * self.rounds + round_) * accum
+        return list(range(first, first + accum))
+
+    @contextmanager
+    def _accumulating(self, module: nn.Module, last: bool) -> Iterator[None]:
+        """Backward passes of ``module`` inside the block add to its gradients; DDP all-reduces them only
+        on the ``last`` micro-batch of its round (``no_sync`` before)."""
+        with nullcontext() if last else self.accelerator.no_sync(module):
+            yield
+
+    def _generator_outputs(self, batch: dict[str, torch.Tensor], rng: torch.Generator, grad: bool = True) -> Outputs:
+        with torch.set_grad_enabled(grad), self.accelerator.autocast():
+            return self.method.generator_outputs(batch, self.generator, rng)
+
+    def _generator_backward(self, batch: dict[str, torch.Tensor], outputs: Outputs, rng: torch.Generator) -> dict[str, float]:
+        """The generator's loss and backward pass against the bare discriminator with frozen weights (its
+        gradients reach the generator's outputs, none reach its weights: DDP would wait for them)."""
+        judge = self.accelerator.unwrap_model(self.discriminator) if self.discriminator is not None else None
+        with gradients_off(self.discriminator_trainable):
+            with self.accelerator.autocast():
+                terms = self.method.generator_losses(batch, outputs, judge, rng)
                 loss = sum(terms.values())
             self._check_finite("generator", terms)
-            acc.backward(loss)
-            if acc.sync_gradients and self.config.grad_clip:
-                acc.clip_grad_norm_(self.generator.parameters(), self.config.grad_clip)
-            self.optimizers["generator"].step()
-            self.optimizers["generator"].zero_grad(set_to_none=True)
-        logs.update({f"g/{k}": float(v.detach()) for k, v in terms.items()})
+            self.accelerator.backward(loss)
+        return {f"g/{k}": float(v.detach()) for k, v in terms.items()}
+
+    def _discriminator_backward(self, batch: dict[str, torch.Tensor], outputs: Outputs, rng: torch.Generator) -> dict[str, float]:
+        detached = {k: v.detach() for k, v in outputs.items()}
+        with self.accelerator.autocast():
+            terms = self.method.discriminator_losses(batch, detached, self.discriminator, rng)
+            loss = sum(terms.values())
+        self._check_finite("discriminator", terms)
+        self.accelerator.backward(loss)
+        return {f"d/{k}": float(v.detach()) for k, v in terms.items()}
+
+    def _optimizer_step(self, name: str, module: nn.Module) -> None:
+        if self.config.grad_clip is not None:
+            self.accelerator.clip_grad_norm_(module.parameters(), self.config.grad_clip)
+        self.optimizers[name].step()
+        self.optimizers[name].zero_grad(set_to_none=True)
+
+    def _joint_round(self, micro: list[int], batch_of: BatchSource, logs: LogRows) -> None:
+        """Generator first: per micro-batch the generator's loss, then the discriminator's on the same
+        outputs; both step at the end of the round."""
+        for k, index in enumerate(micro):
+            batch, rng = batch_of(index)
+            last = k == len(micro) - 1
+            with self._accumulating(self.generator, last):
+                outputs = self._generator_outputs(batch, rng)
+                add_logs(logs, self._generator_backward(batch, outputs, rng))
+            if self.discriminator is not None:
+                with self._accumulating(self.discriminator, last):
+                    add_logs(logs, self._discriminator_backward(batch, outputs, rng))
+        self._optimizer_step("generator", self.generator)
         if self.discriminator is not None:
-            with acc.accumulate(self.discriminator):
-                with acc.autocast():
-                    d_terms = self.method.discriminator_losses(batch, cache, self.discriminator, rng)
-                    d_loss = sum(d_terms.values())
-                self._check_finite("discriminator", d_terms)
-                acc.backward(d_loss)
-                if acc.sync_gradients and self.config.grad_clip:
-                    acc.clip_grad_norm_(self.discriminator.parameters(), self.config.grad_clip)
-                self.optimizers["discriminator"].step()
-                self.optimizers["discriminator"].zero_grad(set_to_none=True)
-            logs.update({f"d/{k}": float(v.detach()) for k, v in d_terms.items()})
+            self._optimizer_step("discriminator", self.discriminator)
+
+    def _discriminator_round(self, micro: list[int], batch_of: BatchSource, logs: LogRows) -> None:
+        """An extra discriminator step (``discriminator_steps`` > 1) on the current generator's outputs."""
+        for k, index in enumerate(micro):
+            batch, rng = batch_of(index)
+            with self._accumulating(self.discriminator, k == len(micro) - 1):
+                outputs = self._generator_outputs(batch, rng, grad=False)
+                add_logs(logs, self._discriminator_backward(batch, outputs, rng))
+        self._optimizer_step("discriminator", self.discriminator)
+
+    def _discriminator_first_round(self, micro: list[int], batch_of: BatchSource, logs: LogRows) -> None:
+        """Discriminator first: it steps on the current generator's outputs, then the generator trains
+        against the updated discriminator on the same outputs. With one micro-batch the outputs keep their
+        graph; with several they are made again for the generator (the same random draws, replayed), so
+        that only one micro-batch's graph is held at a time."""
+        keep_graph = len(micro) == 1
+        held = []
+        for k, index in enumerate(micro):
+            batch, rng = batch_of(index)
+            before = rng.get_state()
+            with self._accumulating(self.discriminator, k == len(micro) - 1):
+                outputs = self._generator_outputs(batch, rng, grad=keep_graph)
+                add_logs(logs, self._discriminator_backward(batch, outputs, rng))
+            held.append((batch, rng, before, outputs if keep_graph else None))
+        self._optimizer_step("discriminator", self.discriminator)
+        for k, (batch, rng, before, outputs) in enumerate(held):
+            with self._accumulating(self.generator, k == len(micro) - 1):
+                if outputs is None:
+                    after = rng.get_state()
+                    rng.set_state(before)
+                    outputs = self._generator_outputs(batch, rng)
+                    rng.set_state(after)
+                add_logs(logs, self._generator_backward(batch, outputs, rng))
+        self._optimizer_step("generator", self.generator)
+
+    def _train_step(self, batch_of: BatchSource) -> LogRows:
+        """One optimiser step: ``rounds`` rounds of micro-batches, the generator's update in the first
+        (generator first) or the last (discriminator first), the discriminator's in each."""
+        for name, optimizer in self.optimizers.items():
+            set_lr_factor([optimizer], lr_factor(self.config, self.step, self.method.warmup_steps.get(name, 0)))
+        generator_first = self.config.step_order == "generator_first" or self.discriminator is None
+        generator_round = 0 if generator_first else self.rounds - 1
+        logs: LogRows = {}
+        for round_ in range(self.rounds):
+            micro = self.micro_steps(self.step, round_)
+            if round_ != generator_round:
+                self._discriminator_round(micro, batch_of, logs)
+            elif generator_first:
+                self._joint_round(micro, batch_of, logs)
+            else:
+                self._discriminator_first_round(micro, batch_of, logs)
         return logs
 
     def _check_finite(self, which: str, terms: dict[str, torch.Tensor]) -> None:
@@ -519,7 +649,7 @@ class Trainer:
         from tqdm import tqdm
 
         total = max_steps if max_steps is not None else self.config.max_steps
-        accum = self.config.gradient_accumulation_steps
+        micro_total = total * self.rounds * self.config.gradient_accumulation_steps
         bar = tqdm(
             total=total, initial=self.step, desc="train", disable=not (progress and self.accelerator.is_main_process)
         )
@@ -538,17 +668,14 @@ class Trainer:
 
         def batch_of(micro: int) -> tuple[dict[str, torch.Tensor], torch.Generator]:
             prepared = ahead.pop(micro).result() if micro in ahead else self._prepare(micro)
-            if pool is not None and micro + 1 < total * accum:
+            if pool is not None and micro + 1 < micro_total:
                 ahead[micro + 1] = pool.submit(self._prepare, micro + 1)
             return prepared
 
         try:  # the bar ends its line before any error message
             while self.step < total:
-                set_lr_factor(self.optimizers.values(), lr_factor(self.config, self.step))
-                for k in range(accum):
-                    logs = self._micro_step(*batch_of(self.step * accum + k))
-                    for key, value in logs.items():
-                        running.setdefault(key, []).append(value)
+                for key, values in self._train_step(batch_of).items():
+                    running.setdefault(key, []).extend(values)
                 if self.ema is not None:
                     self.ema.update(self.unwrapped_generator)
                 self.step += 1

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from method_step import generator_step
 from torch import nn
 
 from osdsr import complexity
@@ -51,7 +52,7 @@ class RecordingDiscriminator(nn.Module):
 def test_spatial_terms_are_eq8_with_the_edge_term() -> None:
     d3sr = method("loss.mse_weight=0.7", "loss.edge_weight=0.3", "discriminator.kind=none")
     data = batch()
-    terms, cache = d3sr.generator_losses(data, d3sr.generator, None, step_generator(0, 0, 0, CPU))
+    terms, cache = generator_step(d3sr, data, d3sr.generator, None, step_generator(0, 0, 0, CPU))
     with torch.no_grad():
         z_hr, x_hr = d3sr.generator(upsample_lr(data["lr"]))
         x_pred = (x_hr + 1) / 2
@@ -65,7 +66,7 @@ def test_spatial_terms_are_eq8_with_the_edge_term() -> None:
 def test_the_lattice_term_uses_the_latent_grid_period() -> None:
     d3sr = method("loss.lattice_weight=2.0", "loss.edge_weight=0", "discriminator.kind=none")
     data = batch()
-    terms, _ = d3sr.generator_losses(data, d3sr.generator, None, step_generator(0, 0, 0, CPU))
+    terms, _ = generator_step(d3sr, data, d3sr.generator, None, step_generator(0, 0, 0, CPU))
     with torch.no_grad():
         x_pred = (d3sr.generator(upsample_lr(data["lr"]))[1] + 1) / 2
     stride = d3sr.generator.latent_stride
@@ -89,7 +90,7 @@ def test_adversarial_terms_eq2_eq3_at_t0(adversarial: str, generator_term: float
         z_real = d3sr.generator.encode(data["hr"] * 2 - 1)
     judge = RecordingDiscriminator(z_real, real_logit=1.0, fake_logit=-0.5)
     rng = step_generator(0, 0, 0, CPU)
-    terms, cache = d3sr.generator_losses(data, d3sr.generator, judge, rng)
+    terms, cache = generator_step(d3sr, data, d3sr.generator, judge, rng)
     assert terms["adversarial"].item() == pytest.approx(0.25 * generator_term, abs=1e-6)
     d_terms = d3sr.discriminator_losses(data, cache, judge, rng)
     assert d_terms["adversarial"].item() == pytest.approx(discriminator_term, abs=1e-6)
@@ -105,7 +106,7 @@ def test_discriminator_steps_cover_0_to_T_as_unet_indices() -> None:
     with torch.no_grad():
         z_real = d3sr.generator.encode(data["hr"] * 2 - 1)
     judge = RecordingDiscriminator(z_real, 0.0, 0.0)
-    _, cache = d3sr.generator_losses(data, d3sr.generator, judge, step_generator(0, 0, 0, CPU))
+    _, cache = generator_step(d3sr, data, d3sr.generator, judge, step_generator(0, 0, 0, CPU))
     for step in range(40):
         d3sr.discriminator_losses(data, cache, judge, step_generator(0, step, 0, CPU))
     indices = torch.cat([t for _, t in judge.seen]).unique().tolist()
@@ -119,7 +120,7 @@ def test_pixel_cnn_judges_images() -> None:
     data = batch()
     judge = RecordingDiscriminator(data["hr"] * 2 - 1, 1.0, -1.0)
     rng = step_generator(0, 0, 0, CPU)
-    _, cache = d3sr.generator_losses(data, d3sr.generator, judge, rng)
+    _, cache = generator_step(d3sr, data, d3sr.generator, judge, rng)
     d3sr.discriminator_losses(data, cache, judge, rng)
     assert [tuple(z.shape) for z, _ in judge.seen] == [(2, 3, 32, 32)] * 3
     assert all(t is None for _, t in judge.seen)
@@ -158,7 +159,7 @@ def test_only_lora_head_and_learnable_prompt_train(variant: str, tiny_sd_folder:
     data = batch()
     rng = step_generator(0, 0, 0, CPU)
 
-    terms, cache = d3sr.generator_losses(data, generator, discriminator, rng)
+    terms, cache = generator_step(d3sr, data, generator, discriminator, rng)
     sum(terms.values()).backward()
     assert all(p.grad is None for p in discriminator.parameters())  # the generator step leaves D alone
     assert {n for n, p in discriminator.named_parameters() if p.requires_grad} == d_trainable

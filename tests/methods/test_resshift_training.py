@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from method_step import generator_step
 from PIL import Image
 
 from osdsr.cli import main
@@ -45,7 +46,7 @@ def test_teacher_objective_falls_on_a_fixed_batch() -> None:
     batch = smooth_batch()
     losses = []
     for _ in range(20):
-        terms, _ = method.generator_losses(batch, generator, None, torch.Generator().manual_seed(3))
+        terms, _ = generator_step(method, batch, generator, None, torch.Generator().manual_seed(3))
         optimizer.zero_grad()
         terms["mse"].backward()
         optimizer.step()
@@ -65,7 +66,7 @@ def test_teacher_objective_draws_steps_over_the_whole_chain_and_regresses_z0() -
         return torch.zeros_like(z_scaled)
 
     for seed in range(120):
-        terms, _ = method.generator_losses(batch, recording_denoiser, None, torch.Generator().manual_seed(seed))
+        terms, _ = generator_step(method, batch, recording_denoiser, None, torch.Generator().manual_seed(seed))
     assert seen == set(range(15))  # t ~ U{0, ..., T-1}
     z0 = torch.nn.functional.pixel_unshuffle(batch["hr"] * 2 - 1, 4)
     assert terms["mse"].item() == pytest.approx(z0.pow(2).mean().item(), rel=1e-5)  # ||0 - z0||^2 / (C H W)
@@ -90,8 +91,8 @@ def test_weighted_mse_uses_the_weights_of_eq_4() -> None:
 
     seed = 5
     t = torch.randint(0, 15, (1,), generator=torch.Generator().manual_seed(seed))  # the method's first draw
-    plain, _ = method.generator_losses(batch, zero, None, torch.Generator().manual_seed(seed))
-    scaled, _ = weighted.generator_losses(batch, zero, None, torch.Generator().manual_seed(seed))
+    plain, _ = generator_step(method, batch, zero, None, torch.Generator().manual_seed(seed))
+    scaled, _ = generator_step(weighted, batch, zero, None, torch.Generator().manual_seed(seed))
     assert scaled["mse"].item() == pytest.approx(plain["mse"].item() * weights[t].item(), rel=1e-5)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from method_step import generator_step
 from PIL import Image
 
 from osdsr.cli import main
@@ -132,12 +133,12 @@ def test_exported_student_round_trips_and_upscales_in_one_step(teacher_folder: P
 def test_sinsr_terms_follow_their_weights(teacher_folder: Path) -> None:
     config = SinSRConfig(teacher=TeacherConfig(str(teacher_folder), steps=1))
     method = SinSRMethod(config)
-    terms, _ = method.generator_losses(batch(), method.generator, None, torch.Generator().manual_seed(0))
+    terms, _ = generator_step(method, batch(), method.generator, None, torch.Generator().manual_seed(0))
     assert set(terms) == {"distill", "inverse", "gt"}
     assert terms["distill"].item() == 0.0  # a one-step teacher target equals the fresh student
     assert terms["inverse"].item() > 0 and terms["gt"].item() > 0
     only_gt = SinSRMethod(dataclasses.replace(config, loss=SinSRLossConfig(distill_weight=0, inverse_weight=0)))
-    gt_terms, _ = only_gt.generator_losses(batch(), only_gt.generator, None, torch.Generator().manual_seed(0))
+    gt_terms, _ = generator_step(only_gt, batch(), only_gt.generator, None, torch.Generator().manual_seed(0))
     assert set(gt_terms) == {"gt"}
     torch.testing.assert_close(gt_terms["gt"], terms["gt"])
     with pytest.raises(ValueError, match="at least one positive"):
@@ -147,7 +148,7 @@ def test_sinsr_terms_follow_their_weights(teacher_folder: Path) -> None:
 def test_sinsr_inverse_term_maps_the_teacher_output_back_to_z_T(teacher_folder: Path) -> None:
     method = SinSRMethod(SinSRConfig(teacher=TeacherConfig(str(teacher_folder), steps=2)))
     data = batch()
-    terms, _ = method.generator_losses(data, method.generator, None, torch.Generator().manual_seed(4))
+    terms, _ = generator_step(method, data, method.generator, None, torch.Generator().manual_seed(4))
     rng = torch.Generator().manual_seed(4)
     y, _, lr_cond, noise = method.encode_batch(data, rng)
     schedule = method.teacher.schedule
@@ -170,7 +171,7 @@ def test_sinsr_gt_term_trains_only_through_the_forward_step(teacher_folder: Path
         calls.append(torch.is_grad_enabled())
         return student(z, t, lq)
 
-    terms, _ = method.generator_losses(batch(), recording, None, torch.Generator().manual_seed(0))
+    terms, _ = generator_step(method, batch(), recording, None, torch.Generator().manual_seed(0))
     assert calls == [False, True]  # sg(f(z0_hr, 0)), then f(., T-1) with gradients
     terms["gt"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from method_step import generator_step
 from PIL import Image
 from resshift_teachers import save_tiny_teacher
 from torch import nn
@@ -70,7 +71,7 @@ def test_distill_and_hsd_vanish_when_the_student_equals_the_teacher(teacher_fold
     # a one-step teacher target from the teacher's own weights is exactly the fresh student's output
     method = make_method(teacher_folder)
     method.teacher.steps = 1
-    terms, _ = method.generator_losses(make_batch(), method.generator, method.discriminator, first_step_rng())
+    terms, _ = generator_step(method, make_batch(), method.generator, method.discriminator, first_step_rng())
     assert terms["distill"].item() == 0.0
     assert terms["hsd"].item() == 0.0
     assert terms["adversarial"].abs().item() > 0
@@ -81,7 +82,7 @@ def test_hsd_pulls_a_perturbed_student(teacher_folder: Path) -> None:
     method.teacher.steps = 1
     with torch.no_grad():
         method.generator.out[-1].bias.add_(0.1)  # the student's z0 now differs from the teacher's
-    terms, _ = method.generator_losses(make_batch(), method.generator, None, first_step_rng())
+    terms, _ = generator_step(method, make_batch(), method.generator, None, first_step_rng())
     assert set(terms) == {"hsd"}
     assert terms["hsd"].item() > 0
     terms["hsd"].backward()
@@ -94,7 +95,7 @@ def test_hinge_losses_on_hand_computed_logits(teacher_folder: Path) -> None:
     rng = first_step_rng()
     batch = make_batch()
     fake_for_generator = [0.5, -1.5]
-    g_terms, cache = method.generator_losses(batch, method.generator, FixedLogits(fake_for_generator), rng)
+    g_terms, cache = generator_step(method, batch, method.generator, FixedLogits(fake_for_generator), rng)
     # Eq. 11, heads averaged: -mean_k D_k(fake) = -(0.5 - 1.5) / 2, times lambda2
     assert g_terms["adversarial"].item() == pytest.approx(0.5 * 0.5)
     real, fake = [2.0, 0.25], [-0.5, 3.0]
@@ -107,8 +108,8 @@ def test_hinge_losses_on_hand_computed_logits(teacher_folder: Path) -> None:
 def test_switched_off_terms_are_not_computed(teacher_folder: Path) -> None:
     method = make_method(teacher_folder, hsd_weight=0.0, adversarial_weight=0.0)
     assert method.discriminator is None
-    terms, cache = method.generator_losses(make_batch(), method.generator, None, first_step_rng())
-    assert set(terms) == {"distill"} and cache == {}
+    terms, outputs = generator_step(method, make_batch(), method.generator, None, first_step_rng())
+    assert set(terms) == {"distill"} and not {"t_hsd", "hsd_noise", "t", "noise"} & set(outputs)  # nothing drawn
 
 
 def test_discriminator_step_reaches_only_the_discriminator(teacher_folder: Path) -> None:
@@ -116,7 +117,7 @@ def test_discriminator_step_reaches_only_the_discriminator(teacher_folder: Path)
     teacher_before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
     rng = first_step_rng()
     batch = make_batch()
-    terms, cache = method.generator_losses(batch, method.generator, method.discriminator, rng)
+    terms, cache = generator_step(method, batch, method.generator, method.discriminator, rng)
     sum(terms.values()).backward()
     assert all(p.grad is not None for p in method.generator.parameters() if p.requires_grad)
     assert all(p.grad is None for p in method.discriminator.parameters())  # frozen for the generator step

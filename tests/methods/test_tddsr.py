@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from method_step import generator_step
 from PIL import Image
 from resshift_teachers import save_tiny_teacher
 
@@ -115,7 +116,7 @@ def test_feature_network_moves_only_when_trained(teacher_folder: Path) -> None:
         optimizers = method.optimizers(method.generator, method.discriminator)
         rng = step_generator(0, 0, 0, torch.device("cpu"))
         batch = make_batch()
-        _, cache = method.generator_losses(batch, method.generator, method.discriminator, rng)
+        _, cache = generator_step(method, batch, method.generator, method.discriminator, rng)
         d_loss = sum(method.discriminator_losses(batch, cache, method.discriminator, rng).values())
         d_loss.backward()
         optimizers["discriminator"].step()
@@ -131,7 +132,7 @@ def test_generator_step_trains_student_and_downsampler_not_discriminators(teache
     teacher_before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
     rng = step_generator(0, 0, 0, torch.device("cpu"))
     batch = make_batch()
-    terms, cache = method.generator_losses(batch, method.generator, method.discriminator, rng)
+    terms, cache = generator_step(method, batch, method.generator, method.discriminator, rng)
     assert set(terms) == {"distill", "hr_adversarial", "lr_adversarial"}
     terms["lr_adversarial"].backward(retain_graph=True)  # Eq. 10 reaches the downsampler and the student
     assert all(p.grad is not None for p in method.generator.downsampler.parameters())

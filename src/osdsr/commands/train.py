@@ -42,9 +42,10 @@ def load_run_config(path: Path, overrides: list[str]) -> object:
 # settings a resumed run applies: they steer the steps still to come, not the batches or the model so far
 RESUMABLE_TRAINER_FIELDS = frozenset({
     "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "tensorboard", "num_threads", "prefetch",
-    "lr_schedule", "warmup_steps", "min_lr_ratio", "grad_clip", "validation",
+    "lr_schedule", "min_lr_ratio", "grad_clip", "validation",
 })
-OPTIMIZER_FIELDS = frozenset({"lr", "betas", "weight_decay", "discriminator_lr"})  # restored as configured
+# restored as configured (warm-ups: the lr schedule of the steps to come)
+OPTIMIZER_FIELDS = frozenset({"lr", "betas", "weight_decay", "discriminator_lr", "warmup_steps", "discriminator_warmup_steps"})
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -24,7 +24,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from osdsr.config import ranged
 from osdsr.losses.adversarial import ADVERSARIAL_LOSSES
@@ -40,7 +39,7 @@ from osdsr.models.sd_generator import (
     save_sd_model,
     upsample_lr,
 )
-from osdsr.train import DataConfig, TrainerConfig, gradients_off
+from osdsr.train import DataConfig, Outputs, TrainerConfig
 
 RGB_CHANNELS = 3
 NAD_HEAD_CHANNELS = 512  # hidden width of the NAD head in configs/d3sr.yaml and configs/dfosd.yaml
@@ -70,6 +69,7 @@ class DiscriminatorConfig:
     num_layers: int = ranged(3, "[1, inf)")  # cnn / diffusion-gan
     max_timestep: int = ranged(999, "[0, inf)")  # T of t ~ U[0, T], diffusion steps with t = 0 clean (D3SR Eq. 4)
     lr: float = ranged(5e-5, "[0, 1]")
+    warmup_steps: int = ranged(0, "[0, inf)")  # linear warm-up of the discriminator's lr (trainer steps)
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class OptimizerConfig:
     lr: float = ranged(5e-5, "[0, 1]")
     betas: tuple[float, float] = ranged((0.9, 0.999), "[0, 1)")
     weight_decay: float = ranged(1e-2, "[0, 1]")
+    warmup_steps: int = ranged(0, "[0, inf)")  # linear warm-up of the generator's lr (trainer steps)
 
 
 @dataclass(frozen=True)
@@ -140,10 +141,7 @@ class D3SRMethod:
                 f"discriminator.max_timestep {config.discriminator.max_timestep} must be in [0, {schedule_steps}]"
             )
         self.discriminator = build_discriminator(config.discriminator, latent_channels)
-        # recorded once: the generator step freezes exactly these and nothing else
-        self.discriminator_trainable = (
-            [p for p in self.discriminator.parameters() if p.requires_grad] if self.discriminator is not None else []
-        )
+        self.warmup_steps = {"generator": config.optimizer.warmup_steps, "discriminator": config.discriminator.warmup_steps}
         loss = config.loss
         self.perceptual = (
             None
@@ -177,11 +175,15 @@ class D3SRMethod:
         return schedule.add_noise(z, t, noise), schedule.unet_index(t)
 
 
-    def generator_losses(
-        self, batch: dict[str, torch.Tensor], generator: nn.Module, discriminator: nn.Module | None, rng: torch.Generator
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        loss = self.config.loss
+    def generator_outputs(self, batch: dict[str, torch.Tensor], generator: nn.Module, rng: torch.Generator) -> Outputs:
         z_hr_pred, x_hr_pred = generator(upsample_lr(batch["lr"]))
+        return {"z_hr_pred": z_hr_pred, "x_hr_pred": x_hr_pred}
+
+    def generator_losses(
+        self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module | None, rng: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        loss = self.config.loss
+        z_hr_pred, x_hr_pred = outputs["z_hr_pred"], outputs["x_hr_pred"]
         x_pred = (x_hr_pred + 1) / 2  # [0, 1], as the perceptual losses expect
         hr = batch["hr"]
         terms = {"mse": loss.mse_weight * F.mse_loss(x_pred, hr)}  # D3SR Eq. 8, spatial part
@@ -193,13 +195,9 @@ class D3SRMethod:
             stride = self.generator.latent_stride
             terms["lattice"] = loss.lattice_weight * lattice_loss(x_pred, hr, period=stride)
         if discriminator is not None and loss.adversarial_weight:
-            # gradients reach z_H through the discriminator, not its weights; called without its
-            # DistributedDataParallel wrapper, which would wait for weight gradients that never come
-            judge = discriminator.module if isinstance(discriminator, DistributedDataParallel) else discriminator
-            with gradients_off(self.discriminator_trainable):
-                fake = self._discriminator_input(z_hr_pred, x_hr_pred, rng)
-                terms["adversarial"] = loss.adversarial_weight * self.g_adv(judge(*fake))  # D3SR Eq. 2
-        return terms, {"z_hr_pred": z_hr_pred.detach(), "x_hr_pred": x_hr_pred.detach()}
+            fake = self._discriminator_input(z_hr_pred, x_hr_pred, rng)
+            terms["adversarial"] = loss.adversarial_weight * self.g_adv(discriminator(*fake))  # D3SR Eq. 2
+        return terms
 
     def _discriminator_input(
         self, z: torch.Tensor | None, image: torch.Tensor, rng: torch.Generator
@@ -210,13 +208,13 @@ class D3SRMethod:
         return self._noised(z, rng)
 
     def discriminator_losses(
-        self, batch: dict[str, torch.Tensor], cache: dict[str, torch.Tensor], discriminator: nn.Module, rng: torch.Generator
+        self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
         x_real = batch["hr"] * 2 - 1
         with torch.no_grad():
             z_real = None if self.config.discriminator.kind == "cnn" else self.generator.encode(x_real)
         real = self._discriminator_input(z_real, x_real, rng)
-        fake = self._discriminator_input(cache["z_hr_pred"], cache["x_hr_pred"], rng)
+        fake = self._discriminator_input(outputs["z_hr_pred"], outputs["x_hr_pred"], rng)
         return {"adversarial": self.d_adv(discriminator(*real), discriminator(*fake))}  # D3SR Eq. 3
 
     def sr_model(self, generator: nn.Module) -> SDSRModel:

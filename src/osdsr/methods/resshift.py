@@ -38,7 +38,7 @@ from osdsr.models.resshift_sr import (
     save_resshift_model,
 )
 from osdsr.models.resshift_unet import SwinUNet, SwinUNetConfig
-from osdsr.train import DataConfig, TrainerConfig
+from osdsr.train import DataConfig, Outputs, TrainerConfig
 from osdsr.weights_io import read_safetensors
 
 AUTOENCODER_PREFIX = "autoencoder."
@@ -56,6 +56,7 @@ class ResShiftOptimizerConfig:
     lr: float = ranged(5e-5, "[0, 1]")
     betas: tuple[float, float] = ranged((0.9, 0.999), "[0, 1)")
     weight_decay: float = ranged(0.0, "[0, 1]")
+    warmup_steps: int = ranged(0, "[0, inf)")  # linear warm-up of the lr (trainer steps)
 
 
 @dataclass(frozen=True)
@@ -127,15 +128,15 @@ class ResShiftMethod:
         self.generator = SwinUNet(config.denoiser)
         self.schedule = ResShiftSchedule.from_config(config.schedule)
         self.loss_weights = mse_loss_weights(self.schedule).float() if config.loss.weighted_mse else None
+        self.warmup_steps = {"generator": config.optimizer.warmup_steps}
 
     def optimizers(self, generator: nn.Module, discriminator: nn.Module | None) -> dict[str, torch.optim.Optimizer]:
         opt = self.config.optimizer
         params = [p for p in generator.parameters() if p.requires_grad]
         return {"generator": torch.optim.AdamW(params, opt.lr, opt.betas, weight_decay=opt.weight_decay)}
 
-    def generator_losses(
-        self, batch: dict[str, torch.Tensor], generator: nn.Module, discriminator: nn.Module | None, rng: torch.Generator
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def generator_outputs(self, batch: dict[str, torch.Tensor], generator: nn.Module, rng: torch.Generator) -> Outputs:
+        """The denoiser's z0 prediction at a random step t, the HR latent z0 and t."""
         self.autoencoder.to(batch["lr"].device)
         y, lr_cond = encode_lr(self.autoencoder, batch["lr"])
         z0 = encode_hr(self.autoencoder, batch["hr"])
@@ -143,14 +144,18 @@ class ResShiftMethod:
         t = t.to(z0.device)
         noise = draw_prior_noise(z0, rng)
         z_t = self.schedule.q_sample(z0, y, t, noise)  # TAD-SR Eq. 1
-        z0_pred = generator(self.schedule.scale_input(z_t, t), t, lr_cond)
-        per_sample = (z0_pred - z0).pow(2).flatten(1).mean(dim=1)  # TAD-SR Eq. 4, mean over C, H, W
+        return {"z0_pred": generator(self.schedule.scale_input(z_t, t), t, lr_cond), "z0": z0, "t": t}
+
+    def generator_losses(
+        self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module | None, rng: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        per_sample = (outputs["z0_pred"] - outputs["z0"]).pow(2).flatten(1).mean(dim=1)  # TAD-SR Eq. 4, mean over C, H, W
         if self.loss_weights is not None:
-            per_sample = per_sample * self.loss_weights.to(per_sample.device)[t]
-        return {"mse": per_sample.mean()}, {}
+            per_sample = per_sample * self.loss_weights.to(per_sample.device)[outputs["t"]]
+        return {"mse": per_sample.mean()}
 
     def discriminator_losses(
-        self, batch: dict[str, torch.Tensor], cache: dict[str, torch.Tensor], discriminator: nn.Module, rng: torch.Generator
+        self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
         raise RuntimeError("ResShift teacher training has no discriminator")
 

@@ -74,6 +74,7 @@ class StudentOptimizerConfig:
     lr: float = ranged(5e-5, "[0, 1]")
     betas: tuple[float, float] = ranged((0.9, 0.999), "[0, 1)")
     weight_decay: float = ranged(0.0, "[0, 1]")
+    warmup_steps: int = ranged(0, "[0, inf)")  # linear warm-up of the student's lr (trainer steps)
 
 
 class Teacher(nn.Module):
@@ -264,20 +265,26 @@ class DistillationBatch:
 class StudentMethod:
     """The parts every ResShift student method shares; a method subclasses it and adds its loss terms.
 
-    Subclasses set ``model_type`` and ``discriminator`` and define ``generator_losses`` (and
-    ``discriminator_losses`` when they have a discriminator) for ``osdsr.train.Trainer``.
+    Subclasses set ``model_type`` and ``discriminator`` and define ``generator_outputs`` and
+    ``generator_losses`` (and ``discriminator_losses`` when they have a discriminator) for
+    ``osdsr.train.Trainer``.
     """
 
     model_type: str
     discriminator: nn.Module | None = None
 
     def __init__(
-        self, teacher: Teacher, optimizer: StudentOptimizerConfig, discriminator_lr: float | None = None
+        self,
+        teacher: Teacher,
+        optimizer: StudentOptimizerConfig,
+        discriminator_lr: float | None = None,
+        discriminator_warmup_steps: int = 0,
     ) -> None:
         self.teacher = teacher
         self.generator = student_from_teacher(teacher)
         self.optimizer_config = optimizer
         self.discriminator_lr = discriminator_lr
+        self.warmup_steps = {"generator": optimizer.warmup_steps, "discriminator": discriminator_warmup_steps}
 
     def optimizers(self, generator: nn.Module, discriminator: nn.Module | None) -> dict[str, torch.optim.Optimizer]:
         opt = self.optimizer_config

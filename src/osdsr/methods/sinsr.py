@@ -42,7 +42,7 @@ from osdsr.methods.resshift_family import (
     teacher_complexity_parts,
     teacher_target,
 )
-from osdsr.train import DataConfig, TrainerConfig
+from osdsr.train import DataConfig, Outputs, TrainerConfig
 
 INVERSE_STEP = 0  # the step index that asks the student for the inverse map z0 -> z_T (SinSR release)
 
@@ -98,27 +98,38 @@ class SinSRMethod(StudentMethod):
         step = schedule.model_t(INVERSE_STEP, z0.shape[0], z0.device)
         return generator(schedule.scale_input(z0, last), step, lr_cond)
 
-    def generator_losses(
-        self, batch: dict[str, torch.Tensor], generator: nn.Module, discriminator: nn.Module | None, rng: torch.Generator
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def generator_outputs(self, batch: dict[str, torch.Tensor], generator: nn.Module, rng: torch.Generator) -> Outputs:
+        """Each term's student output (with gradients) and its target."""
         loss = self.config.loss
         y, z0_hr, lr_cond, noise = self.encode_batch(batch, rng)
-        terms: dict[str, torch.Tensor] = {}
         z_T = self.teacher.schedule.prior_sample(y, noise)
+        outputs: Outputs = {}
         if loss.distill_weight or loss.inverse_weight:
             z_teacher = teacher_target(self.teacher, y, lr_cond, noise)
         if loss.distill_weight:
-            z_student = self._forward(generator, z_T, lr_cond)
-            terms["distill"] = loss.distill_weight * vanilla_distillation_loss(z_student, z_teacher)
+            outputs.update(z_student=self._forward(generator, z_T, lr_cond), z_teacher=z_teacher)
         if loss.inverse_weight:
-            terms["inverse"] = loss.inverse_weight * F.mse_loss(self._inverse(generator, z_teacher, lr_cond), z_T)
+            outputs.update(z_T_of_teacher=self._inverse(generator, z_teacher, lr_cond), z_T=z_T)
         if loss.gt_weight:
             with torch.no_grad():
                 z_T_of_hr = self._inverse(generator, z0_hr, lr_cond)
-            terms["gt"] = loss.gt_weight * F.mse_loss(self._forward(generator, z_T_of_hr, lr_cond), z0_hr)
-        return terms, {}
+            outputs.update(z0_of_hr=self._forward(generator, z_T_of_hr, lr_cond), z0_hr=z0_hr)
+        return outputs
+
+    def generator_losses(
+        self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module | None, rng: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        loss = self.config.loss
+        terms: dict[str, torch.Tensor] = {}
+        if loss.distill_weight:
+            terms["distill"] = loss.distill_weight * vanilla_distillation_loss(outputs["z_student"], outputs["z_teacher"])
+        if loss.inverse_weight:
+            terms["inverse"] = loss.inverse_weight * F.mse_loss(outputs["z_T_of_teacher"], outputs["z_T"])
+        if loss.gt_weight:
+            terms["gt"] = loss.gt_weight * F.mse_loss(outputs["z0_of_hr"], outputs["z0_hr"])
+        return terms
 
     def discriminator_losses(
-        self, batch: dict[str, torch.Tensor], cache: dict[str, torch.Tensor], discriminator: nn.Module, rng: torch.Generator
+        self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
         raise RuntimeError("SinSR has no discriminator")

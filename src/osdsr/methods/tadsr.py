@@ -15,8 +15,9 @@ teacher's encoder, conditioned on the LR image and t like the denoiser, gives mu
 each is modulated by t and judged by its head; hinge loss (Eq. 12). The teacher's encoder is not
 trained (the release's discriminator optimiser holds only the heads and time embeddings); the
 heads' results are averaged (Sec. IV-B), i.e. Eq. 11-12 with the sum over k divided by K.
-Algorithm 1 updates the discriminator first; here the generator step runs first, draws t and the
-noise, and hands them to the discriminator step, so both steps judge the same z_t.
+Algorithm 1 updates the discriminator first (``trainer.step_order: discriminator_first``; the
+default is the generator first); t and the noise are drawn with the student's output, so both steps
+judge the same z_t in either order.
 
 Weights lambda1 = 1, lambda2 = 0.02 and 30k iterations are the paper's real-SR settings (Sec. V-A).
 """
@@ -29,7 +30,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from osdsr.config import ranged
 from osdsr.complexity import ComplexityPart, InputBuilder, Parts, meta_steps, meta_zeros
@@ -61,7 +61,7 @@ from osdsr.models.time_aware_discriminator import (
     encoder_feature_sides,
     teacher_encoder_features,
 )
-from osdsr.train import DataConfig, TrainerConfig, gradients_off
+from osdsr.train import DataConfig, Outputs, TrainerConfig
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class TimeAwareDiscriminatorConfig:
     head_channels: int = ranged(128, "[1, inf)")  # width of each head's 3x3 convolution
     embed_dim: int = ranged(128, "[1, inf)")  # width of the step embedding that feeds FiLM
     lr: float = ranged(5e-5, "[0, 1]")
+    warmup_steps: int = ranged(0, "[0, inf)")  # linear warm-up of the discriminator's lr (trainer steps)
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,12 @@ class TADSRMethod(StudentMethod):
     model_type = "tadsr"
 
     def __init__(self, config: TADSRConfig) -> None:
-        super().__init__(load_teacher(config.teacher), config.optimizer, discriminator_lr=config.discriminator.lr)
+        super().__init__(
+            load_teacher(config.teacher),
+            config.optimizer,
+            discriminator_lr=config.discriminator.lr,
+            discriminator_warmup_steps=config.discriminator.warmup_steps,
+        )
         self.config = config
         first, last = config.loss.hsd_steps
         total = self.teacher.schedule.num_timesteps
@@ -164,8 +170,6 @@ class TADSRMethod(StudentMethod):
             if config.loss.adversarial_weight > 0
             else None
         )
-        self.discriminator_trainable = list(self.discriminator.parameters()) if self.discriminator is not None else []
-
 
     def _teacher_denoise(self, lr_cond: torch.Tensor) -> TeacherDenoiseFn:
         def denoise(z_scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -188,47 +192,45 @@ class TADSRMethod(StudentMethod):
         features = teacher_encoder_features(self.teacher.denoiser, schedule.scale_input(z_t, t), t, lr_cond)
         return discriminator(features, t)
 
-    def generator_losses(
-        self, batch: dict[str, torch.Tensor], generator: nn.Module, discriminator: nn.Module | None, rng: torch.Generator
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def generator_outputs(self, batch: dict[str, torch.Tensor], generator: nn.Module, rng: torch.Generator) -> Outputs:
+        """The student's z0, the teacher's target and latents, and the draws of HSD and the discriminator."""
         loss = self.config.loss
-        schedule = self.teacher.schedule
         latents = self.distillation_batch(batch, rng)
         z_student = self.student_z0(generator, latents)  # z_0^stu = f_theta(z_T, y, T)
+        outputs = {"z_student": z_student, "z_teacher": latents.z_teacher, "z0": latents.z0}
+        outputs.update(y=latents.y, lr_cond=latents.lr_cond)
+        if loss.hsd_weight:
+            outputs["t_hsd"] = sample_hsd_steps(z_student.shape[0], rng, *loss.hsd_steps).to(z_student.device)
+            outputs["hsd_noise"] = draw_prior_noise(z_student, rng)
+        if self.discriminator is not None:
+            # Algorithm 1: t ~ U{1..T} (chain indices 0..T-1) and one noise draw, shared by real and fake
+            t = torch.randint(0, self.teacher.schedule.num_timesteps, (z_student.shape[0],), generator=rng, device=rng.device)
+            outputs["t"] = t.to(z_student.device)
+            outputs["noise"] = draw_prior_noise(z_student, rng)
+        return outputs
+
+    def generator_losses(
+        self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module | None, rng: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        loss = self.config.loss
+        z_student, z_teacher, y, lr_cond = outputs["z_student"], outputs["z_teacher"], outputs["y"], outputs["lr_cond"]
         terms: dict[str, torch.Tensor] = {}
         if loss.distill_weight:
-            terms["distill"] = loss.distill_weight * vanilla_distillation_loss(z_student, latents.z_teacher)  # Eq. 6
+            terms["distill"] = loss.distill_weight * vanilla_distillation_loss(z_student, z_teacher)  # Eq. 6
         if loss.hsd_weight:
-            t_hsd = sample_hsd_steps(z_student.shape[0], rng, *loss.hsd_steps).to(z_student.device)
-            hsd_noise = draw_prior_noise(z_student, rng)
-            teacher_denoise = self._teacher_denoise(latents.lr_cond)
             terms["hsd"] = loss.hsd_weight * hsd_loss(  # Eq. 7-8
-                z_student, latents.z_teacher, latents.y, hsd_noise, t_hsd, schedule, teacher_denoise
+                z_student, z_teacher, y, outputs["hsd_noise"], outputs["t_hsd"], self.teacher.schedule,
+                self._teacher_denoise(lr_cond),
             )
-        if discriminator is None:
-            return terms, {}
-        # Algorithm 1: t ~ U{1..T} (chain indices 0..T-1) and one noise draw, shared by real and fake
-        t = torch.randint(0, schedule.num_timesteps, (z_student.shape[0],), generator=rng, device=rng.device)
-        t = t.to(z_student.device)
-        noise = draw_prior_noise(z_student, rng)
-        judge = discriminator.module if isinstance(discriminator, DistributedDataParallel) else discriminator
-        with gradients_off(self.discriminator_trainable):
-            fake_logits = self._judge(judge, z_student, latents.y, latents.lr_cond, t, noise)
-        terms["adversarial"] = loss.adversarial_weight * hinge_generator_loss(fake_logits) / len(fake_logits)  # Eq. 11
-        cache = {
-            "z_student": z_student.detach(),
-            "z0": latents.z0,
-            "y": latents.y,
-            "lr_cond": latents.lr_cond,
-            "t": t,
-            "noise": noise,
-        }
-        return terms, cache
+        if discriminator is not None:
+            fake_logits = self._judge(discriminator, z_student, y, lr_cond, outputs["t"], outputs["noise"])
+            terms["adversarial"] = loss.adversarial_weight * hinge_generator_loss(fake_logits) / len(fake_logits)  # Eq. 11
+        return terms
 
     def discriminator_losses(
-        self, batch: dict[str, torch.Tensor], cache: dict[str, torch.Tensor], discriminator: nn.Module, rng: torch.Generator
+        self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
-        condition = (cache["y"], cache["lr_cond"], cache["t"], cache["noise"])
-        real_logits = self._judge(discriminator, cache["z0"], *condition)  # real: the noised HR latent
-        fake_logits = self._judge(discriminator, cache["z_student"], *condition)
+        condition = (outputs["y"], outputs["lr_cond"], outputs["t"], outputs["noise"])
+        real_logits = self._judge(discriminator, outputs["z0"], *condition)  # real: the noised HR latent
+        fake_logits = self._judge(discriminator, outputs["z_student"], *condition)
         return {"adversarial": hinge_discriminator_loss(real_logits, fake_logits) / len(real_logits)}  # Eq. 12

@@ -57,7 +57,7 @@ from osdsr.models.feature_discriminator import (
 )
 from osdsr.models.resshift_sr import SCALE, ResShiftSR
 from osdsr.models.resshift_unet import SwinUNet
-from osdsr.train import DataConfig, TrainerConfig, gradients_off
+from osdsr.train import DataConfig, Outputs, TrainerConfig
 
 # TDDSR gives no weights for its adversarial terms; these defaults are TAD-SR's adversarial weight
 # (lambda2 = 0.02, TAD-SR Sec. V-A) for the same ResShift student.
@@ -88,6 +88,7 @@ class TDDSRConfig:
     downsampler: DownsamplerConfig = field(default_factory=DownsamplerConfig)
     optimizer: StudentOptimizerConfig = field(default_factory=StudentOptimizerConfig)  # Adam, lr 5e-5
     discriminator_lr: float = ranged(5e-5, "[0, 1]")
+    discriminator_warmup_steps: int = ranged(0, "[0, inf)")  # linear warm-up of both discriminators' lr (trainer steps)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=20_000))
     data: DataConfig = field(default_factory=DataConfig)
 
@@ -108,12 +109,19 @@ class TDDSRGenerator(nn.Module):
 
 
 class TDDSRDiscriminators(nn.Module):
-    """The discriminator step's networks: ``hr`` (D_H) and ``lr`` (D_L), each present when its path is on."""
+    """The discriminator step's networks: ``hr`` (D_H) and ``lr`` (D_L), each present when its path is on.
+
+    ``forward(which, image)`` runs one of them, so that every call goes through the module's own forward
+    (under DDP, a call of ``.hr`` or ``.lr`` would bypass the wrapper and its gradient all-reduce).
+    """
 
     def __init__(self, hr: FeatureDiscriminator | None, lr: FeatureDiscriminator | None) -> None:
         super().__init__()
         self.hr = hr
         self.lr = lr
+
+    def forward(self, which: Literal["hr", "lr"], image: torch.Tensor) -> list[torch.Tensor]:
+        return getattr(self, which)(image)
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -155,7 +163,12 @@ class TDDSRMethod(StudentMethod):
     model_type = "tddsr"
 
     def __init__(self, config: TDDSRConfig) -> None:
-        super().__init__(load_teacher(config.teacher), config.optimizer, discriminator_lr=config.discriminator_lr)
+        super().__init__(
+            load_teacher(config.teacher),
+            config.optimizer,
+            discriminator_lr=config.discriminator_lr,
+            discriminator_warmup_steps=config.discriminator_warmup_steps,
+        )
         self.config = config
         loss = config.loss
         hr_path, lr_path = loss.hr_adversarial_weight > 0, loss.lr_adversarial_weight > 0
@@ -169,51 +182,51 @@ class TDDSRMethod(StudentMethod):
             if hr_path or lr_path
             else None
         )
-        # recorded once: the generator step freezes exactly these and nothing else
-        self.discriminator_trainable = (
-            [p for p in self.discriminator.parameters() if p.requires_grad] if self.discriminator is not None else []
-        )
-
 
     def _decode(self, z0: torch.Tensor) -> torch.Tensor:
         """The student's HR image in [-1, 1] through the frozen autoencoder (gradients reach z0)."""
         autoencoder = self.teacher.autoencoder
         return autoencoder.decode(z0 / autoencoder.scaling_factor)
 
-    def generator_losses(
-        self, batch: dict[str, torch.Tensor], generator: nn.Module, discriminator: nn.Module | None, rng: torch.Generator
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        loss = self.config.loss
+    def generator_outputs(self, batch: dict[str, torch.Tensor], generator: nn.Module, rng: torch.Generator) -> Outputs:
+        """The student's z0 and the teacher's target; with a discriminator, the student's HR image and
+        (LR path) its downsampled y_hat."""
         latents = self.distillation_batch(batch, rng)
         z_student = self.student_z0(generator, latents)  # f_phi(x_T, y, T)
+        outputs = {"z_student": z_student, "z_teacher": latents.z_teacher}
+        if self.discriminator is not None:
+            outputs["x_student"] = self._decode(z_student)
+        if self.discriminator is not None and self.discriminator.lr is not None:
+            # y_hat = G(f_phi(x_T, y, T)); its gradients are all-reduced with the student's (one backward)
+            outputs["y_hat"] = _unwrap(generator).downsampler(outputs["x_student"])
+        return outputs
+
+    def generator_losses(
+        self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module | None, rng: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        loss = self.config.loss
         terms: dict[str, torch.Tensor] = {}
         if loss.distill_weight:
-            terms["distill"] = loss.distill_weight * vanilla_distillation_loss(z_student, latents.z_teacher)  # Eq. 6
+            terms["distill"] = loss.distill_weight * vanilla_distillation_loss(outputs["z_student"], outputs["z_teacher"])  # Eq. 6
         if discriminator is None:
-            return terms, {}
-        judges = _unwrap(discriminator)
-        x_student = self._decode(z_student)
-        cache = {"x_student": x_student.detach()}
-        with gradients_off(self.discriminator_trainable):
-            if judges.hr is not None:
-                terms["hr_adversarial"] = loss.hr_adversarial_weight * expected_fakeness(judges.hr(x_student))  # Eq. 8
-            if judges.lr is not None:
-                y_hat = _unwrap(generator).downsampler(x_student)  # y_hat = G(f_phi(x_T, y, T))
-                terms["lr_adversarial"] = loss.lr_adversarial_weight * expected_fakeness(judges.lr(y_hat))  # Eq. 10
-                cache["y_hat"] = y_hat.detach()
-        return terms, cache
+            return terms
+        if discriminator.hr is not None:
+            terms["hr_adversarial"] = loss.hr_adversarial_weight * expected_fakeness(discriminator("hr", outputs["x_student"]))  # Eq. 8
+        if discriminator.lr is not None:
+            terms["lr_adversarial"] = loss.lr_adversarial_weight * expected_fakeness(discriminator("lr", outputs["y_hat"]))  # Eq. 10
+        return terms
 
     def discriminator_losses(
-        self, batch: dict[str, torch.Tensor], cache: dict[str, torch.Tensor], discriminator: nn.Module, rng: torch.Generator
+        self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
-        judges = _unwrap(discriminator)
+        paths = _unwrap(discriminator)  # which paths exist; every call goes through ``discriminator`` itself
         terms = {}
-        if judges.hr is not None:
-            real_hr, fake_hr = batch["hr"] * 2 - 1, cache["x_student"]
-            terms["hr_adversarial"] = discriminator_cross_entropy(judges.hr(real_hr), judges.hr(fake_hr))  # Eq. 7
-        if judges.lr is not None:
-            real_lr, fake_lr = batch["lr"] * 2 - 1, cache["y_hat"]
-            terms["lr_adversarial"] = discriminator_cross_entropy(judges.lr(real_lr), judges.lr(fake_lr))  # Eq. 9
+        if paths.hr is not None:
+            real_hr, fake_hr = batch["hr"] * 2 - 1, outputs["x_student"]
+            terms["hr_adversarial"] = discriminator_cross_entropy(discriminator("hr", real_hr), discriminator("hr", fake_hr))  # Eq. 7
+        if paths.lr is not None:
+            real_lr, fake_lr = batch["lr"] * 2 - 1, outputs["y_hat"]
+            terms["lr_adversarial"] = discriminator_cross_entropy(discriminator("lr", real_lr), discriminator("lr", fake_lr))  # Eq. 9
         return terms
 
     def sr_model(self, generator: nn.Module) -> ResShiftSR:
