@@ -11,10 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from osdsr.cli import main
 from osdsr.methods.d3sr import D3SRMethod
@@ -23,15 +21,6 @@ from osdsr.weights_io import read_safetensors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO_ROOT / "configs" / "d3sr-tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def hr_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("hr")
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(root / f"photo{i}.png")
-    return root
 
 
 def settings(hr: Path, *overrides: str) -> list[str]:

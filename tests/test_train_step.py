@@ -6,10 +6,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from osdsr.cli import main
@@ -21,15 +19,6 @@ from osdsr.train import Trainer, TrainingData
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO_ROOT / "configs" / "d3sr-tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def hr_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("hr")
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(root / f"photo{i}.png")
-    return root
 
 
 def make_trainer(output: Path, hr: Path, *overrides: str) -> Trainer:

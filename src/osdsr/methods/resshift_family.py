@@ -38,6 +38,7 @@ from torch import nn
 from osdsr.config import ranged
 from osdsr.complexity import ComplexityPart, Parts, meta_zeros
 from osdsr.diffusion.resshift import ResShiftSchedule
+from osdsr.losses.distillation import vanilla_distillation_loss
 from osdsr.models.classical import bicubic_upsample
 from osdsr.models.resshift_sr import (
     CONFIG_FILE,
@@ -310,6 +311,12 @@ class StudentMethod:
         y, z0, lr_cond, noise = self.encode_batch(batch, rng)
         z_teacher = teacher_target(self.teacher, y, lr_cond, noise)
         return DistillationBatch(y, z0, lr_cond, noise, z_teacher)
+
+    def distillation_terms(self, outputs: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
+        """``{"distill": weight * MSE(z_student, z_teacher)}`` (TAD-SR Eq. 6, TDDSR Eq. 6); none for weight 0."""
+        if not weight:
+            return {}
+        return {"distill": weight * vanilla_distillation_loss(outputs["z_student"], outputs["z_teacher"])}
 
     def student_z0(self, generator: nn.Module, latents: DistillationBatch) -> torch.Tensor:
         return student_z0(generator, self.teacher.schedule, latents.y, latents.lr_cond, latents.noise)

@@ -30,7 +30,6 @@ from torch import nn
 
 from osdsr.config import ranged
 from osdsr.complexity import Parts
-from osdsr.losses.distillation import vanilla_distillation_loss
 from osdsr.methods import full_config
 from osdsr.methods.resshift_family import (
     TEACHER_NETWORK,
@@ -120,9 +119,7 @@ class SinSRMethod(StudentMethod):
         self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module | None, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
         loss = self.config.loss
-        terms: dict[str, torch.Tensor] = {}
-        if loss.distill_weight:
-            terms["distill"] = loss.distill_weight * vanilla_distillation_loss(outputs["z_student"], outputs["z_teacher"])
+        terms = self.distillation_terms(outputs, loss.distill_weight)  # Eq. 6
         if loss.inverse_weight:
             terms["inverse"] = loss.inverse_weight * F.mse_loss(outputs["z_T_of_teacher"], outputs["z_T"])
         if loss.gt_weight:

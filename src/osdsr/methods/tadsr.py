@@ -40,7 +40,6 @@ from osdsr.losses.distillation import (
     TeacherDenoiseFn,
     hsd_loss,
     sample_hsd_steps,
-    vanilla_distillation_loss,
 )
 from osdsr.methods import full_config
 from osdsr.methods.resshift_family import (
@@ -214,9 +213,7 @@ class TADSRMethod(StudentMethod):
     ) -> dict[str, torch.Tensor]:
         loss = self.config.loss
         z_student, z_teacher, y, lr_cond = outputs["z_student"], outputs["z_teacher"], outputs["y"], outputs["lr_cond"]
-        terms: dict[str, torch.Tensor] = {}
-        if loss.distill_weight:
-            terms["distill"] = loss.distill_weight * vanilla_distillation_loss(z_student, z_teacher)  # Eq. 6
+        terms = self.distillation_terms(outputs, loss.distill_weight)  # Eq. 6
         if loss.hsd_weight:
             terms["hsd"] = loss.hsd_weight * hsd_loss(  # Eq. 7-8
                 z_student, z_teacher, y, outputs["hsd_noise"], outputs["t_hsd"], self.teacher.schedule,

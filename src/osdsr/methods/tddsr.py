@@ -36,7 +36,6 @@ from torch.nn.parallel import DistributedDataParallel
 from osdsr.config import ranged
 from osdsr.complexity import Parts, meta_zeros
 from osdsr.losses.adversarial import nonsaturating_discriminator_loss
-from osdsr.losses.distillation import vanilla_distillation_loss
 from osdsr.methods import full_config
 from osdsr.methods.resshift_family import (
     TEACHER_NETWORK,
@@ -205,9 +204,7 @@ class TDDSRMethod(StudentMethod):
         self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module | None, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
         loss = self.config.loss
-        terms: dict[str, torch.Tensor] = {}
-        if loss.distill_weight:
-            terms["distill"] = loss.distill_weight * vanilla_distillation_loss(outputs["z_student"], outputs["z_teacher"])  # Eq. 6
+        terms = self.distillation_terms(outputs, loss.distill_weight)  # Eq. 6
         if discriminator is None:
             return terms
         if discriminator.hr is not None:
