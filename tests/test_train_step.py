@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import TINY_CONFIG, settings
 from torch import nn
 
 from osdsr.cli import main
@@ -17,23 +18,10 @@ from osdsr.methods.d3sr import D3SRMethod
 from osdsr.models.sd_generator import upsample_lr
 from osdsr.train import Trainer, TrainingData
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO_ROOT / "configs" / "d3sr-tiny.yaml"
-
 
 def make_trainer(output: Path, hr: Path, *overrides: str) -> Trainer:
     """A d3sr-tiny trainer as ``osdsr train`` builds it, on 32 px crops of ``hr``."""
-    settings = [
-        f"data.sources=[{{path: {hr}}}]",
-        "data.exclude_list=null",
-        "data.crop_size=32",
-        "trainer.batch_size=1",
-        "trainer.num_threads=null",
-        "trainer.log_every=1",
-        "trainer.checkpoint_every=1000",
-        *overrides,
-    ]
-    config = load_run_config(TINY_CONFIG, settings)
+    config = load_run_config(TINY_CONFIG, settings(hr, "trainer.checkpoint_every=1000", *overrides)[1::2])
     with torch.random.fork_rng():
         torch.manual_seed(config.trainer.seed)
         method = D3SRMethod(config)
