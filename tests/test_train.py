@@ -208,7 +208,7 @@ def test_weights_an_update_ruined_are_never_checkpointed(
     tmp_path: Path, hr_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The loss of step 5 is finite, its update makes a weight inf: no step-5 checkpoint, stop at 4."""
-    original = Trainer._micro_step
+    original = Trainer._train_step
 
     def ruining(self, *args):  # noqa: ANN001, ANN002 - wraps the method as is
         logs = original(self, *args)
@@ -217,7 +217,7 @@ def test_weights_an_update_ruined_are_never_checkpointed(
                 next(p for p in self.unwrapped_generator.parameters() if p.requires_grad).fill_(float("inf"))
         return logs
 
-    monkeypatch.setattr(Trainer, "_micro_step", ruining)
+    monkeypatch.setattr(Trainer, "_train_step", ruining)
     extra = settings(hr_folder, "trainer.checkpoint_every=1", "trainer.ema_decay=0.9")
     assert train(tmp_path, 10, hr_folder, *extra) == 2
     errors = error_lines(capsys.readouterr().err)

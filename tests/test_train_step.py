@@ -193,7 +193,7 @@ def test_grad_clip_null_clips_nothing(
 
 @pytest.mark.parametrize(
     ("setting", "message"),
-    [("trainer.grad_clip=0", "grad_clip 0"), ("trainer.discriminator_steps=0", "discriminator_steps 0"),
+    [("trainer.grad_clip=0", "trainer.grad_clip: 0.0 is outside"), ("trainer.discriminator_steps=0", "trainer.discriminator_steps: 0 is outside"),
      ("trainer.step_order=sideways", "step_order")],
 )
 def test_bad_step_settings_are_one_clear_line(
