@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-COLOR_FIXES = ("wavelet", "adain", "none")
 WAVELET_LEVELS = 5  # blur dilations 1, 2, 4, 8, 16: the low band spans a radius of 31 pixels
 STD_EPSILON = 1e-6  # keeps the AdaIN ratio finite on flat channels
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from osdsr.color_fix import COLOR_FIXES, adain_color_fix_, wavelet_color_fix
+from osdsr.choices import COLOR_FIXES
+from osdsr.color_fix import adain_color_fix_, wavelet_color_fix
 from osdsr.data.image_io import LoadedImage, image_to_tensor, tensor_to_image
 from osdsr.models.classical import bicubic_upsample
 from osdsr.models.sr_model import SRModel

@@ -96,7 +96,7 @@ def test_an_unwritable_csv_is_one_line_before_scoring(folders, tmp_path: Path, c
     import errno
     import tempfile
 
-    import osdsr.commands.evaluate
+    import osdsr.metrics.evaluation
 
     pred_dir, gt_dir = folders
     target = tmp_path / "results"
@@ -107,7 +107,7 @@ def test_an_unwritable_csv_is_one_line_before_scoring(folders, tmp_path: Path, c
             raise OSError(errno.EROFS, "Read-only file system")
 
         monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    monkeypatch.setattr(osdsr.commands.evaluate, "evaluate", lambda *a, **k: pytest.fail("scored before the check"))
+    monkeypatch.setattr(osdsr.metrics.evaluation, "evaluate", lambda *a, **k: pytest.fail("scored before the check"))
     assert main(["eval", "--pred", str(pred_dir), "--gt", str(gt_dir), "--csv", str(target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     expected = f"{target}: is a folder; give a file name" if where == "folder" else f"{tmp_path}: cannot write (read-only"

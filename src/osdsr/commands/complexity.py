@@ -8,17 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from osdsr.complexity import (
-    COMPLEXITY_BUILDERS,
-    as_json,
-    format_table,
-    method_complexity,
-    training_only_complexity,
-)
+from osdsr.methods import METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("method", choices=sorted(COMPLEXITY_BUILDERS), help="method whose generator is measured")
+    parser.add_argument("method", help=f"method whose generator is measured: {', '.join(sorted(METHODS))}")
     parser.add_argument("--size", type=int, default=512, metavar="N",
                         help="output (HR) image side in pixels, as in the papers' tables (default: %(default)s)")
     parser.add_argument("--json", action="store_true",
@@ -32,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from osdsr.complexity import as_json, format_table, method_complexity, training_only_complexity
+
     report = method_complexity(args.method, args.size, train=args.train, layers_only=args.layers_only)
     extra = training_only_complexity(args.method, args.size, layers_only=args.layers_only) if args.train else {}
     if args.json:

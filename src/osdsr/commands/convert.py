@@ -16,18 +16,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from osdsr.config import from_dict, read_yaml, to_dict
-from osdsr.diffusion.resshift import ResShiftScheduleConfig
-from osdsr.models.resshift_sr import (
-    STUDENT_TYPES,
-    TEACHER_TYPE,
-    ResShiftModelConfig,
-    build_resshift_sr_model,
-    load_weights,
-    save_resshift_model,
-)
+from osdsr.diffusion.resshift_config import STUDENT_TYPES, TEACHER_TYPE, ResShiftScheduleConfig
 
 # Schedules of the official x4 real-SR releases (the same network; configs/realsr_swinunet_realesrgan256*.yaml)
 RELEASE_SCHEDULES: dict[str, ResShiftScheduleConfig] = {
@@ -65,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from osdsr.config import from_dict, read_yaml, to_dict
+    from osdsr.models.resshift_sr import ResShiftModelConfig, build_resshift_sr_model, load_weights, save_resshift_model
+
     data: dict[str, Any] = to_dict(ResShiftModelConfig(schedule=RELEASE_SCHEDULES[args.release]))
     if args.config is not None:
         data.update(read_yaml(args.config))
@@ -98,6 +92,8 @@ def read_official_state_dict(path: Path) -> dict[str, Any]:
     """A checkpoint's state dict: unwrapped from ``{"state_dict": ...}``, ``module.``/``_orig_mod.`` stripped."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
+    import torch
+
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:

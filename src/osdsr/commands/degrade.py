@@ -21,11 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
+from osdsr.choices import IMAGE_FORMATS
 from osdsr.cli import CommandError
-from osdsr.data.image_io import IMAGE_FORMATS
 
 MANIFEST_NAME = "degradation.json"
 
@@ -102,6 +99,9 @@ def image_seed(seed: int, name: str) -> int:
 
 
 def _degrade_file(path: Path, lr_dir: Path, hr_dir: Path, args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
     from osdsr.data.degradation import degrade
     from osdsr.data.image_io import LoadedImage, image_to_tensor, load_image, save_image, tensor_to_image
 

@@ -13,14 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
+from osdsr.choices import METRIC_NAMES
 from osdsr.cli import CommandError
-from osdsr.metrics.evaluation import build_metrics, evaluate, match_folders
-from osdsr.metrics.external import PYIQA_METRICS
 from osdsr.metrics.fidelity import DEFAULT_CROP_BORDER
-from osdsr.metrics.registry import METRICS, MetricOptions
-from osdsr.weights_io import atomic_path, check_writable
 
 DEFAULT_WITH_GT = "psnr,ssim,niqe"
 DEFAULT_WITHOUT_GT = "niqe"
@@ -31,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt", type=Path, metavar="DIR",
                         help="folder of ground-truth images, matched to predictions by file stem (any extension)")
     parser.add_argument("--metrics", metavar="LIST",
-                        help=f"comma-separated, from: {', '.join(METRICS)} "
+                        help=f"comma-separated, from: {', '.join(METRIC_NAMES)} "
                              f"(default: {DEFAULT_WITH_GT} with --gt, {DEFAULT_WITHOUT_GT} without)")
     parser.add_argument("--crop-border", type=int, default=DEFAULT_CROP_BORDER, metavar="N",
                         help="pixels cut from each side for PSNR, SSIM and NIQE: the SR scale, by BasicSR's "
@@ -54,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _metric_names(text: str | None, has_gt: bool) -> list[str]:
+    from osdsr.metrics.registry import METRICS
+
     names = [n.strip().lower() for n in (text or (DEFAULT_WITH_GT if has_gt else DEFAULT_WITHOUT_GT)).split(",")]
     names = list(dict.fromkeys(n for n in names if n))
     unknown = [n for n in names if n not in METRICS]
@@ -71,6 +68,8 @@ def _metric_names(text: str | None, has_gt: bool) -> list[str]:
 
 
 def _pyiqa_weights(entries: list[str]) -> dict[str, Path]:
+    from osdsr.metrics.external import PYIQA_METRICS
+
     weights = {}
     for entry in entries:
         name, sep, path = entry.partition("=")
@@ -84,11 +83,19 @@ def _pyiqa_weights(entries: list[str]) -> dict[str, Path]:
 
 
 def _write(path: Path, text: str) -> None:
+    from osdsr.weights_io import atomic_path
+
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from osdsr.metrics.evaluation import build_metrics, evaluate, match_folders
+    from osdsr.metrics.registry import MetricOptions
+    from osdsr.weights_io import check_writable
+
     names = _metric_names(args.metrics, args.gt is not None)
     if args.crop_border < 0:
         raise CommandError(f"--crop-border must be >= 0, got {args.crop_border}")

@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from osdsr.config import to_dict
-from osdsr.diffusion.resshift import ResShiftSchedule, ResShiftScheduleConfig, respaced_indices
+from osdsr.diffusion.resshift_config import ResShiftScheduleConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from osdsr.config import to_dict
+    from osdsr.diffusion.resshift import ResShiftSchedule, respaced_indices
+
     config = ResShiftScheduleConfig(
         num_timesteps=args.num_timesteps,
         kappa=args.kappa,

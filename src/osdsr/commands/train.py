@@ -8,8 +8,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from osdsr.cli import CommandError
 
 logger = logging.getLogger(__name__)

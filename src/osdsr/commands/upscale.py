@@ -18,17 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
+from osdsr.choices import COLOR_FIXES, FORMAT_SUFFIX, IMAGE_FORMATS
 from osdsr.cli import CommandError
-from osdsr.color_fix import COLOR_FIXES
-from osdsr.data.image_io import FORMAT_SUFFIX, IMAGE_FORMATS
 
 if TYPE_CHECKING:
+    import torch
+
     from osdsr.inference import ProgressCallback
     from osdsr.models.sr_model import SRModel
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --dtype -> torch attribute
 OUTPUT_FORMATS = ("png", "same")
 DEFAULT_TILE = 512  # LR pixels: bounds memory on large photos (~1.5 GiB per 512 px tile with the default model); smaller images run in one piece
 
@@ -92,6 +91,7 @@ class BatchReport:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
     from osdsr.model_loading import LoadOptions, load_sr_model
@@ -175,8 +175,8 @@ class UpscaleSettings:
     color_fix: str = "wavelet"
     seed: int = 0
     batch_size: int = 1
-    device: torch.device = torch.device("cpu")
-    dtype: torch.dtype = torch.float32
+    device: torch.device | str = "cpu"
+    dtype: torch.dtype | None = None  # None: the model's own
 
 
 def upscale_file(
@@ -191,6 +191,8 @@ def upscale_file(
     """Read ``source``, upscale it and write ``target`` (its folder created): the one path from a file to
     its result, shared by ``osdsr upscale`` and ``osdsr ui``. Raises ``ValueError``/``OSError`` naming
     the file when it cannot be read, upscaled or written."""
+    import torch
+
     from osdsr.data.image_io import load_image, save_image
     from osdsr.inference import upscale_image
 
@@ -301,6 +303,8 @@ def _distribute(files: list[Path], device_arg: str | None) -> tuple[torch.device
 
 
 def parse_device(text: str) -> torch.device:
+    import torch
+
     try:
         device = torch.device(text)
     except RuntimeError:
@@ -321,4 +325,6 @@ def parse_device(text: str) -> torch.device:
 def check_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "fp16" and device.type == "cpu":
         raise CommandError("--dtype fp16 needs a GPU (--device cuda or mps); on CPU use bf16 or fp32")
-    return DTYPES[name]
+    import torch
+
+    return getattr(torch, DTYPES[name])

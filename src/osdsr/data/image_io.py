@@ -26,22 +26,11 @@ import torch
 from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
+from osdsr.choices import FORMAT_SUFFIX, IMAGE_FORMATS
 from osdsr.weights_io import atomic_path
 
 logger = logging.getLogger(__name__)
 
-# file suffix -> Pillow format name, for the formats this project reads (it writes those in FORMAT_SUFFIX)
-IMAGE_FORMATS: dict[str, str] = {
-    ".gif": "GIF",  # read only: its first frame (see load_image)
-    ".png": "PNG",
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".webp": "WEBP",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".bmp": "BMP",
-}
-FORMAT_SUFFIX: dict[str, str] = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
 SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})  # the others store 8 bits per sample
 ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})  # Pillow reads a 32-bit BMP's fourth byte as padding
 JPEG_QUALITY = 95

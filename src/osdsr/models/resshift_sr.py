@@ -30,6 +30,7 @@ from torch import nn
 from osdsr.config import from_dict, to_dict
 from osdsr.model_loading import LoadOptions
 from osdsr.diffusion.resshift import ResShiftSchedule, ResShiftScheduleConfig
+from osdsr.diffusion.resshift_config import STUDENT_TYPES, TEACHER_TYPE
 from osdsr.models.autoencoders import PixelUnshuffleAutoencoder, VQAutoencoderConfig, VQAutoencoderF4
 from osdsr.models.classical import bicubic_upsample
 from osdsr.models.resshift_unet import SwinUNet, SwinUNetConfig
@@ -39,8 +40,6 @@ logger = logging.getLogger(__name__)
 
 SCALE = 4
 LATENT_STRIDE = 4  # f4 autoencoders: one latent pixel per LR pixel
-TEACHER_TYPE = "resshift"
-STUDENT_TYPES = ("sinsr", "tadsr", "tddsr")
 ModelType = Literal["resshift", "sinsr", "tadsr", "tddsr"]
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
