@@ -115,6 +115,8 @@ def train_initial_stage(config: object) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from osdsr.config import to_dict
     from osdsr.methods import resolve_method
     from osdsr.train import Trainer, TrainingDiverged, list_checkpoints
