@@ -90,3 +90,22 @@ def test_v_prediction_recovers_x0() -> None:
 def test_unknown_prediction_type_is_refused() -> None:
     with pytest.raises(ValueError, match="prediction_type"):
         DDPMSchedule({**SD21_SCHEDULER_CONFIG, "prediction_type": "flow"})
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SD21_SCHEDULER_CONFIG,
+        {},  # diffusers' defaults: linear 1e-4 .. 0.02
+        {"beta_schedule": "linear", "beta_start": 0.001, "beta_end": 0.03, "num_train_timesteps": 500},
+        {**SD21_SCHEDULER_CONFIG, "_class_name": "PNDMScheduler", "skip_prk_steps": True},  # SD-2.1's own file
+        {"beta_schedule": "squaredcos_cap_v2"},  # taken from diffusers
+    ],
+)
+def test_schedule_is_diffusers_ddpm_scheduler_exactly(config: dict) -> None:
+    from diffusers import DDPMScheduler
+
+    expected = DDPMScheduler.from_config(config)
+    schedule = DDPMSchedule(config)
+    assert torch.equal(schedule.alphas_cumprod, expected.alphas_cumprod.double())
+    assert schedule.config == {k: expected.config[k] for k in SD21_SCHEDULER_CONFIG}

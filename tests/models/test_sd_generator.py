@@ -17,6 +17,7 @@ from osdsr.models.sd_generator import (
     merge_lora,
     save_sd_model,
 )
+from osdsr.models.sd_unet import SDUNet
 
 TINY_UNET: dict[str, Any] = {
     "sample_size": 4,
@@ -97,3 +98,17 @@ def test_lora_file_needs_a_base_and_merging_keeps_outputs(tmp_path: Path) -> Non
         expected = generator(x)[1]
         merge_lora(generator)
         torch.testing.assert_close(generator(x)[1], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_model_folder_with_a_native_unet_loads_without_diffusers_and_gives_identical_outputs(tmp_path: Path) -> None:
+    unet = {**TINY_UNET, "down_block_types": ["DownBlock2D"] * 2, "up_block_types": ["UpBlock2D"] * 2}
+    config = tiny_config(lora=None, unet=unet, prompt_embedding="learnable")
+    generator = build_sd_generator(config).eval()  # diffusers' UNet, as training builds it
+    with torch.no_grad():
+        generator.prompt_embedding.normal_()
+    save_sd_model(generator, config, tmp_path / "model")
+    loaded, _ = load_sd_generator(tmp_path / "model")
+    assert isinstance(loaded.unet, SDUNet)
+    x = torch.rand(2, 3, 24, 20) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(generator(x)[1], loaded.eval()(x)[1])

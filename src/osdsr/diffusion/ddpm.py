@@ -1,8 +1,11 @@
 """Stable Diffusion's DDPM noise schedule, as the one-step SD methods use it.
 
-The cumulative products come from diffusers' ``DDPMScheduler`` built from the scheduler config of the
-base model (``scheduler/scheduler_config.json`` in a diffusers folder), so the schedule is exactly the
-one the base UNet was trained with. This module imports no network.
+The cumulative products are those of diffusers' ``DDPMScheduler`` built from the scheduler config of
+the base model (``scheduler/scheduler_config.json`` in a diffusers folder), so the schedule is exactly
+the one the base UNet was trained with. The linear and scaled-linear beta schedules (SD's) are computed
+here as diffusers computes them (same float32 operations, so the same values; a test compares), which
+spares inference diffusers' import; other schedules are taken from diffusers. This module imports no
+network.
 
 Two step conventions meet here, and each function says which one it takes:
 
@@ -32,23 +35,48 @@ SD21_SCHEDULER_CONFIG: dict[str, Any] = {
     "prediction_type": "epsilon",
 }
 
+# diffusers' DDPMScheduler defaults of the fields above
+DDPM_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "prediction_type": "epsilon",
+}
+NATIVE_BETA_SCHEDULES = ("linear", "scaled_linear")
+
+
+def _alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:
+    """float32 ``prod_{s<=i} (1 - beta_s)`` by UNet index, as ``DDPMScheduler(**config).alphas_cumprod``."""
+    config = {**DDPM_DEFAULTS, **scheduler_config}
+    if config["beta_schedule"] not in NATIVE_BETA_SCHEDULES or config.get("trained_betas") is not None or config.get(
+        "rescale_betas_zero_snr", False
+    ):
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(dict(scheduler_config)).alphas_cumprod
+    start, end, steps = config["beta_start"], config["beta_end"], config["num_train_timesteps"]
+    if config["beta_schedule"] == "linear":
+        betas = torch.linspace(start, end, steps, dtype=torch.float32)
+    else:  # scaled_linear: linear in sqrt(beta) (latent diffusion)
+        betas = torch.linspace(start**0.5, end**0.5, steps, dtype=torch.float32) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
 
 class DDPMSchedule:
     """``abar`` of an SD-style DDPM, forward noising F(z, t) and the one-step clean-latent estimate."""
 
     def __init__(self, scheduler_config: dict[str, Any] | None = None) -> None:
-        from diffusers import DDPMScheduler
-
-        config = dict(SD21_SCHEDULER_CONFIG if scheduler_config is None else scheduler_config)
-        scheduler = DDPMScheduler.from_config(config)
-        self.num_train_timesteps: int = scheduler.config.num_train_timesteps
-        self.prediction_type: str = scheduler.config.prediction_type
+        given = SD21_SCHEDULER_CONFIG if scheduler_config is None else scheduler_config
+        config = {**DDPM_DEFAULTS, **{k: v for k, v in given.items() if k in DDPM_DEFAULTS}}
+        self.num_train_timesteps: int = config["num_train_timesteps"]
+        self.prediction_type: str = config["prediction_type"]
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"scheduler prediction_type {self.prediction_type!r} is not supported")
-        self.alphas_cumprod: torch.Tensor = scheduler.alphas_cumprod.to(torch.float64)  # by UNet index
+        self.alphas_cumprod: torch.Tensor = _alphas_cumprod(given).to(torch.float64)  # by UNet index
         # by diffusion step t in [0, T]: abar_0 = 1 (empty product), abar_t = alphas_cumprod[t - 1]
         self.abar_by_step: torch.Tensor = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
-        self.config = {k: scheduler.config[k] for k in SD21_SCHEDULER_CONFIG}
+        self.config = {k: config[k] for k in SD21_SCHEDULER_CONFIG}
 
     @property
     def timesteps(self) -> torch.Tensor:

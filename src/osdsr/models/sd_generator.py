@@ -3,7 +3,8 @@
 ``x_L`` (bicubic-upsampled to HR size) -> ``z_L = E(x_L)`` -> one UNet evaluation at the fixed step
 ``T_L`` -> ``z_H = (z_L - sqrt(1 - abar) eps) / sqrt(abar)`` (D3SR Eq. 1) -> ``x_H = D(z_H)``.
 
-The UNet is diffusers' ``UNet2DConditionModel``, tuned with LoRA through peft; the autoencoder is
+The UNet is diffusers' ``UNet2DConditionModel``, tuned with LoRA through peft (a model folder whose
+UNet ``osdsr.models.sd_unet`` implements is loaded into that diffusers-free copy); the autoencoder is
 diffusers' ``AutoencoderKL`` (frozen) or, for small models trained from scratch, the lossless
 ``PixelUnshuffleAutoencoder``. There is no text encoder at run time: the prompt embedding is a fixed
 buffer (D3SR) or a learnable parameter (DFOSD), stored with the weights.
@@ -30,6 +31,7 @@ from torch import nn
 from osdsr.config import from_dict, ranged, to_dict
 from osdsr.diffusion.ddpm import SD21_SCHEDULER_CONFIG, DDPMSchedule
 from osdsr.models.autoencoders import PixelUnshuffleAutoencoder
+from osdsr.models.sd_unet import SDUNet, native_unet_config
 
 logger = logging.getLogger(__name__)
 
@@ -324,12 +326,35 @@ def load_sd_generator(path: str | Path, pretrained: str | Path | None = None) ->
         config = dataclasses.replace(config, pretrained=str(base))
     if meta.get("model_type") not in SD_MODEL_TYPES:
         raise ValueError(f"{path}: model_type {meta.get('model_type')!r} is not an SD one-step model")
-    generator = build_sd_generator(config)
+    native = _native_generator(config) if path.is_dir() else None
+    generator = native if native is not None else build_sd_generator(config)
     strict = path.is_dir()
-    missing, unexpected = generator.load_state_dict(state, strict=False)
+    try:  # the native generator is on meta: it takes the loaded tensors as they are (assign)
+        missing, unexpected = generator.load_state_dict(state, strict=False, assign=native is not None)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"{path}: weights do not match the config ({str(exc).strip().splitlines()[-1].strip()})") from None
     if unexpected or (strict and missing) or (not strict and set(state) - set(generator.state_dict())):
         raise ValueError(f"{path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return generator, meta
+
+
+def _native_generator(config: SDGeneratorConfig) -> SDOneStepGenerator | None:
+    """The generator on ``meta`` with the diffusers-free UNet, when that implements the config (else None)."""
+    unet_cfg, _, sched_cfg = _resolve_parts(config)
+    native = native_unet_config(unet_cfg)
+    if native is None or config.lora is not None or config.autoencoder != "pixel_unshuffle":
+        return None
+    with torch.device("meta"):
+        unet = SDUNet(native)
+        prompt = torch.zeros(1, config.prompt_length, native.cross_attention_dim)
+    return SDOneStepGenerator(
+        unet,
+        PixelUnshuffleAutoencoder(factor=config.unshuffle_factor),
+        DDPMSchedule(sched_cfg),
+        config.timestep,
+        prompt,
+        learnable_prompt=config.prompt_embedding == "learnable",
+    )
 
 
 def merge_lora(generator: SDOneStepGenerator) -> None:
@@ -365,8 +390,9 @@ class SDSRModel(nn.Module):
 
 def load_sd_sr_model(path: Path, options: Any) -> SDSRModel:
     """Loader for ``osdsr.model_loading``: model folder or LoRA file -> merged, eval-mode SR model."""
-    generator, _ = load_sd_generator(path, getattr(options, "pretrained", None))
-    merge_lora(generator)
+    generator, meta = load_sd_generator(path, getattr(options, "pretrained", None))
+    if meta["generator"].get("lora") is not None:
+        merge_lora(generator)
     model = SDSRModel(generator).eval().requires_grad_(False)
     # channels-last convolutions are ~20% faster on CPU (oneDNN); same results up to float rounding
     return model.to(device=options.device, dtype=options.dtype, memory_format=torch.channels_last)
