@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,18 @@ def test_lora_file_without_config_metadata(tmp_path: Path) -> None:
     save_file({"w": torch.zeros(1)}, str(path))
     with pytest.raises(ValueError, match="osdsr_config"):
         load_sr_model(path)
+
+
+def test_the_default_model_runs_without_diffusers_peft_transformers_or_accelerate() -> None:
+    """Their imports cost seconds at every start (issue 21); the default model needs none of them."""
+    probe = (
+        "import sys, torch\n"
+        "from osdsr.inference import upscale_tensor\n"
+        "from osdsr.model_loading import load_sr_model\n"
+        "model = load_sr_model('default')\n"
+        "assert type(model).__name__ == 'SDSRModel', type(model)\n"
+        "upscale_tensor(model, torch.rand(1, 3, 8, 8))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'diffusers', 'peft', 'transformers', 'accelerate'}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
