@@ -12,7 +12,14 @@ from torch import nn
 
 from osdsr.color_fix import channel_statistics
 from osdsr.data.image_io import LoadedImage
-from osdsr.inference import TileLayout, bicubic_statistics, blend_tiles, upscale_image, upscale_tensor
+from osdsr.inference import (
+    TileLayout,
+    bicubic_statistics,
+    blend_tiles,
+    preferred_dtype,
+    upscale_image,
+    upscale_tensor,
+)
 from osdsr.models.classical import ClassicalUpsampler, bicubic_upsample
 from osdsr.models.sr_model import SRModel
 
@@ -211,3 +218,22 @@ def test_bf16_compute_is_close_to_fp32() -> None:
     reference = upscale_tensor(model, lr, tile=16, tile_overlap=8)
     fast = upscale_tensor(model.to(torch.bfloat16), lr, tile=16, tile_overlap=8, dtype=torch.bfloat16)
     assert fast.dtype == torch.float32 and (fast - reference).abs().mean() < 2 / 255
+
+
+def test_bf16_on_a_model_loaded_in_fp32_autocasts_it() -> None:
+    """Issue 21: ``dtype=torch.bfloat16`` on fp32 weights used to fail (mat1 and mat2 dtypes differ)."""
+    model = TinyConvSR().eval()
+    lr = _lr()
+    reference = upscale_tensor(model, lr)
+    fast = upscale_tensor(model, lr, dtype=torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is left as it was
+    assert not torch.equal(fast, reference)  # the network did run in bf16
+    assert fast.dtype == torch.float32 and (fast - reference).abs().mean() < 2 / 255
+
+
+def test_preferred_dtype_is_bf16_only_on_cpus_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    for capabilities, expected in (({"avx512_bf16": True}, torch.bfloat16), ({"amx_bf16": True}, torch.bfloat16),
+                                   ({"avx512_bf16": False, "avx2": True}, torch.float32), ({}, torch.float32)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=capabilities: caps)
+        assert preferred_dtype("cpu") is expected
+    assert preferred_dtype("meta") is torch.float32  # other devices: fp32
