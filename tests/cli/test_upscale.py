@@ -333,3 +333,12 @@ def test_a_gif_in_a_folder_is_upscaled_and_its_extra_frames_are_named(
         f"{good_folder / 'anim.gif'}: has 3 frames; only the first is used (split it into single images to process "
         "every frame)"
     ]
+
+
+def test_dtype_auto_is_bf16_for_networks_on_cpus_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    for capabilities, network_dtype in (({"avx512_bf16": True}, torch.bfloat16), ({"avx2": True}, torch.float32)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=capabilities: caps)
+        assert upscale_command.check_dtype("auto", cpu, "default") is network_dtype
+        assert upscale_command.check_dtype("auto", cpu, "bicubic") is torch.float32  # no network to speed up
+        assert upscale_command.check_dtype("fp32", cpu, "default") is torch.float32
