@@ -81,7 +81,8 @@ def test_upscale_api_equals_the_command_line(page: tuple[str, Path], tmp_path: P
     served = client.predict(
         client_module.handle_file(str(PHOTOS[0])), "default", 128, "adain", api_name="/upscale"
     )
-    assert main(["upscale", str(PHOTOS[0]), "-o", str(tmp_path), "--tile", "128", "--color-fix", "adain"]) == 0
+    upscale = ["upscale", str(PHOTOS[0]), "-o", str(tmp_path), "--tile", "128", "--color-fix", "adain"]
+    assert main([*upscale, "--dtype", "fp32"]) == 0  # the page runs fp32 (osdsr ui --dtype)
     written = tmp_path / "rocket.png"
     assert Path(served).read_bytes() == written.read_bytes()
     with Image.open(served) as image:

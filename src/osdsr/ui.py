@@ -23,7 +23,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageOps
 
-from osdsr.color_fix import COLOR_FIXES
+from osdsr.choices import COLOR_FIXES
 from osdsr.commands.upscale import DEFAULT_TILE, UpscaleSettings, upscale_file
 from osdsr.model_loading import DEFAULT_MODEL
 from osdsr.models.classical import CLASSICAL_INTERPOLATIONS
