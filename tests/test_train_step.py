@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import TINY_CONFIG, settings
+from test_train import TINY_CONFIG, losses, settings
 from torch import nn
 
 from osdsr.cli import main
@@ -186,7 +186,7 @@ def test_grad_clip_null_clips_nothing(
 ) -> None:
     trainer = make_trainer(tmp_path, hr_folder, f"trainer.grad_clip={grad_clip}")
     clipped = []
-    monkeypatch.setattr(trainer.accelerator, "clip_grad_norm_", lambda params, norm: clipped.append(norm))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, norm: clipped.append(norm))
     trainer.train(3, progress=False)
     assert len(clipped) == 3 * clips_per_step
 
@@ -202,3 +202,25 @@ def test_bad_step_settings_are_one_clear_line(
     assert main(["train", str(TINY_CONFIG), "--output", str(tmp_path), "--set", setting]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("osdsr train: error:")]
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_the_fp16_loss_scale_is_checkpointed_and_resumed(tmp_path: Path, hr_folder: Path) -> None:
+    """fp16 on a GPU trains with a GradScaler (accelerate makes none on a CPU, where fp16 has no autocast):
+    the trainer is handed torch's CPU GradScaler, whose scale doubles every step here. A run resumed at
+    step 2 continues with the saved scale: the same scale and losses as the uninterrupted run."""
+
+    def with_scaler(trainer: Trainer) -> Trainer:
+        trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1)
+        return trainer
+
+    common = ("trainer.grad_clip=null", "trainer.checkpoint_every=2")
+    straight = with_scaler(make_trainer(tmp_path / "straight", hr_folder, *common))
+    straight.train(4, progress=False)
+    with_scaler(make_trainer(tmp_path / "split", hr_folder, *common)).train(2, progress=False)
+    resumed = with_scaler(make_trainer(tmp_path / "split", hr_folder, *common))
+    assert resumed.resume() and resumed.step == 2
+    resumed.train(4, progress=False)
+    assert straight.accelerator.scaler.get_scale() == 2.0**8  # one update per step: both networks share a scale
+    assert resumed.accelerator.scaler.state_dict() == straight.accelerator.scaler.state_dict()
+    for a, b in zip(losses(tmp_path / "straight"), losses(tmp_path / "split"), strict=True):
+        assert a == pytest.approx(b, abs=1e-6)

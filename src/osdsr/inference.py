@@ -26,6 +26,7 @@ from osdsr.color_fix import adain_color_fix_, wavelet_color_fix
 from osdsr.data.image_io import LoadedImage, image_to_tensor, tensor_to_image
 from osdsr.models.classical import bicubic_upsample
 from osdsr.models.sr_model import SRModel
+from osdsr.precision import exact_dtype
 
 # Tile weights are Gaussians with this standard deviation (as a fraction of the tile side): a tile's
 # outer pixels, whose receptive field is cut by the tile border, weigh exp(-8) of its centre.
@@ -344,13 +345,13 @@ def bicubic_statistics(lr: torch.Tensor, scale: int) -> tuple[torch.Tensor, torc
     makes its rows identical to those of the full upsample, without holding an HR-sized image.
     """
     batch, channels, height, width = lr.shape
-    total = torch.zeros(batch, channels, 1, 1, dtype=torch.float64, device=lr.device)
+    total = torch.zeros(batch, channels, 1, 1, dtype=exact_dtype(lr.device), device=lr.device)
     total_sq = torch.zeros_like(total)
     for top in range(0, height, STATISTICS_BAND_ROWS):
         bottom = min(height, top + STATISTICS_BAND_ROWS)
         first, last = max(0, top - BICUBIC_CONTEXT), min(height, bottom + BICUBIC_CONTEXT)
         band = bicubic_upsample(lr[:, :, first:last], scale)
-        band = band[:, :, (top - first) * scale : (bottom - first) * scale].double()
+        band = band[:, :, (top - first) * scale : (bottom - first) * scale].to(total.dtype)
         total += band.sum(dim=(2, 3), keepdim=True)
         total_sq += band.square().sum(dim=(2, 3), keepdim=True)
     count = height * width * scale * scale

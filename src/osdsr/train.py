@@ -106,6 +106,9 @@ class TrainerConfig:
 
 Outputs = dict[str, torch.Tensor]
 
+# the dtype of frozen weights under each mixed precision (trainable weights and optimiser state stay float32)
+FROZEN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 class Method(Protocol):
     """What a method gives the trainer (see ``osdsr.methods``).
@@ -118,6 +121,10 @@ class Method(Protocol):
     generator: nn.Module
     discriminator: nn.Module | None
     warmup_steps: dict[str, int]  # linear lr warm-up of each optimiser, in trainer steps
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """Every other network the losses run (perceptual networks, teachers, autoencoders), by name: the
+        trainer places them on its device, in the frozen dtype under mixed precision."""
 
     def optimizers(self, generator: nn.Module, discriminator: nn.Module | None) -> dict[str, torch.optim.Optimizer]:
         """``{"generator": ..., "discriminator": ...}`` over the (prepared) modules' trainable parameters."""
@@ -235,6 +242,16 @@ def load_initial_weights(module: nn.Module, path: Path) -> None:
         module.load_state_dict(state)
     else:
         load_trained_state(module, state, str(path))
+
+
+def place(module: nn.Module, device: torch.device, frozen_dtype: torch.dtype | None) -> None:
+    """Move ``module`` to ``device``; with ``frozen_dtype``, cast its frozen floating-point parameters to it
+    (trainable parameters and buffers keep their dtype)."""
+    module.to(device)
+    if frozen_dtype is not None:
+        for param in module.parameters():
+            if not param.requires_grad and param.is_floating_point():
+                param.data = param.data.to(frozen_dtype)
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -374,6 +391,11 @@ class Trainer:
         if trainer.init_from:
             load_initial_weights(generator, Path(trainer.init_from))
         discriminator = method.discriminator
+        # the trainer owns where every network lives: the generator, the discriminator and the frozen rest
+        self.frozen_dtype = FROZEN_DTYPES.get(trainer.mixed_precision)
+        for module in (generator, discriminator, *method.frozen_modules().values()):
+            if module is not None:
+                place(module, self.accelerator.device, self.frozen_dtype)
         # recorded once: the generator's updates freeze exactly these and nothing else
         self.discriminator_trainable = (
             [p for p in discriminator.parameters() if p.requires_grad] if discriminator is not None else []
@@ -410,6 +432,8 @@ class Trainer:
         }
         if self.discriminator is not None:
             state["discriminator"] = trained_state(self.accelerator.unwrap_model(self.discriminator))
+        if self.accelerator.scaler is not None:
+            state["scaler"] = self.accelerator.scaler.state_dict()  # fp16: the loss scale, for an exact resume
         if self.ema is not None:
             state["ema"] = self.ema.shadow
         path = self.checkpoint_dir / f"step-{self.step:08d}.pt"
@@ -459,6 +483,8 @@ class Trainer:
             for group, settings in zip(opt.param_groups, configured):
                 group.update(settings)
                 group["initial_lr"] = settings.get("initial_lr", settings["lr"])
+        if self.accelerator.scaler is not None and "scaler" in state:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.shadow = {k: v.to(self.accelerator.device) for k, v in state["ema"].items()}
         self.step = int(state["step"])
@@ -563,10 +589,22 @@ class Trainer:
         return {f"d/{k}": float(v.detach()) for k, v in terms.items()}
 
     def _optimizer_step(self, name: str, module: nn.Module) -> None:
+        """Clip (fp16: after unscaling) and step one optimiser, then clear its gradients. The fp16 scale
+        changes once per round (``_update_scale``), so every network of a round shares one scale."""
+        optimizer, scaler = self.optimizers[name], self.accelerator.scaler
+        if scaler is not None:
+            scaler.unscale_(optimizer.optimizer)
         if self.config.grad_clip is not None:
-            self.accelerator.clip_grad_norm_(module.parameters(), self.config.grad_clip)
-        self.optimizers[name].step()
-        self.optimizers[name].zero_grad(set_to_none=True)
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer.optimizer)  # skipped when a gradient is inf/NaN
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def _update_scale(self) -> None:
+        if self.accelerator.scaler is not None:
+            self.accelerator.scaler.update()
 
     def _joint_round(self, micro: list[int], batch_of: BatchSource, logs: LogRows) -> None:
         """Generator first: per micro-batch the generator's loss, then the discriminator's on the same
@@ -634,6 +672,7 @@ class Trainer:
                 self._joint_round(micro, batch_of, logs)
             else:
                 self._discriminator_first_round(micro, batch_of, logs)
+            self._update_scale()
         return logs
 
     def _check_finite(self, which: str, terms: dict[str, torch.Tensor]) -> None:
@@ -704,7 +743,21 @@ class Trainer:
         generator = copy.deepcopy(self.unwrapped_generator)
         if self.ema is not None:
             self.ema.copy_to(generator)
-        return generator.eval()
+        return (generator.float() if self.frozen_dtype is not None else generator).eval()
+
+    @contextmanager
+    def _frozen_in_float32(self) -> Iterator[None]:
+        """The method's frozen networks in float32 inside the block (validation and export run without
+        autocast); under mixed precision their weights stay rounded to the training precision (``osdsr
+        export`` of a checkpoint rebuilds them from their files instead)."""
+        modules = list(self.method.frozen_modules().values()) if self.frozen_dtype is not None else []
+        for module in modules:
+            module.float()
+        try:
+            yield
+        finally:
+            for module in modules:
+                place(module, self.accelerator.device, self.frozen_dtype)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -715,7 +768,8 @@ class Trainer:
             return {}
         model = self.method.sr_model(self._generator_for_export())
         out_dir = self.output / "validation" / f"step-{self.step:08d}"
-        metrics = validate_folder(model, Path(cfg.lr_dir), Path(cfg.hr_dir), out_dir, cfg.max_images, cfg.save_images)
+        with self._frozen_in_float32():
+            metrics = validate_folder(model, Path(cfg.lr_dir), Path(cfg.hr_dir), out_dir, cfg.max_images, cfg.save_images)
         self._log_validation(metrics)
         self.generator.train()
         return metrics
@@ -735,7 +789,8 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return None
         target = path or self.output / "model"
-        result = self.method.export(self._generator_for_export(), target)
+        with self._frozen_in_float32():
+            result = self.method.export(self._generator_for_export(), target)
         atomic_write_json(to_dict(self.run_config), self.output / "train_config.json")
         return result
 

@@ -112,3 +112,27 @@ def test_model_folder_with_a_native_unet_loads_without_diffusers_and_gives_ident
     x = torch.rand(2, 3, 24, 20) * 2 - 1
     with torch.no_grad():
         assert torch.equal(generator(x)[1], loaded.eval()(x)[1])
+
+
+def test_a_stored_prompt_embedding_is_used_without_running_the_text_encoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LoRA file (on a base folder) and a model folder carry their prompt embedding: loading them never
+    computes one (``_prompt_embedding`` runs the base folder's CLIP text encoder when it has one)."""
+    from osdsr.models import sd_generator
+
+    build_sd_generator(tiny_config(lora=None)).unet.save_pretrained(tmp_path / "base" / "unet")
+    for name, config in [("lora.safetensors", tiny_config(pretrained=str(tmp_path / "base"), prompt_embedding="learnable")),
+                         ("model", tiny_config(lora=None))]:
+        generator = build_sd_generator(config)
+        with torch.no_grad():
+            generator.prompt_embedding.normal_()
+        save_sd_model(generator, config, tmp_path / name, model_type="dfosd")
+
+        def text_encoder_run(*args: object) -> torch.Tensor:
+            raise AssertionError("the text encoder ran")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(sd_generator, "_prompt_embedding", text_encoder_run)
+            loaded, _ = load_sd_generator(tmp_path / name)
+        assert torch.equal(loaded.prompt_embedding, generator.prompt_embedding), name

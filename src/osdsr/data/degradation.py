@@ -36,6 +36,8 @@ from kornia.enhance import jpeg_codec_differentiable
 from kornia.filters import filter2d
 from kornia.geometry.transform import resize
 
+from osdsr.precision import exact_dtype
+
 GAUSSIAN_KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 # Real-ESRGAN: kernel sizes 7, 9, ..., 21 drawn uniformly
@@ -385,7 +387,7 @@ def _jpeg(image: torch.Tensor, quality: float) -> torch.Tensor:
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
-    u = torch.rand((), generator=generator, device=generator.device, dtype=torch.float64).item()
+    u = torch.rand((), generator=generator, device=generator.device, dtype=exact_dtype(generator.device)).item()
     return low + (high - low) * u
 
 

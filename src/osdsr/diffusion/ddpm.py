@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from osdsr.precision import exact_dtype
+
 # Stable Diffusion 2.1(-base) scheduler settings, used when no base-model folder gives them.
 SD21_SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -85,7 +87,7 @@ class DDPMSchedule:
 
     @staticmethod
     def _gather(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        values = table.to(like.device)[t.to(like.device).long()]
+        values = table.to(exact_dtype(like.device)).to(like.device)[t.to(like.device).long()]
         return values.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 
     def unet_index(self, t: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,7 @@ class ResShiftSchedule:
     def _at(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """values[t] broadcast to ``like`` (t: an int or a ``[B]`` tensor of step indices)."""
         index = torch.as_tensor(t, device=values.device).long()
-        picked = values[index].to(device=like.device, dtype=like.dtype)
+        picked = values[index].to(like.dtype).to(like.device)  # cast first: some devices have no float64
         return picked.reshape(-1, *([1] * (like.ndim - 1)))
 
     def q_sample(self, z0: torch.Tensor, y: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:

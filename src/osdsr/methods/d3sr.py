@@ -155,6 +155,9 @@ class D3SRMethod:
         )
         self.g_adv, self.d_adv = ADVERSARIAL_LOSSES[loss.adversarial]
 
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"perceptual": self.perceptual} if self.perceptual is not None else {}
+
     def optimizers(self, generator: nn.Module, discriminator: nn.Module | None) -> dict[str, torch.optim.Optimizer]:
         opt = self.config.optimizer
         trainable = [p for p in generator.parameters() if p.requires_grad]

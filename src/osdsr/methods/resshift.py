@@ -130,6 +130,9 @@ class ResShiftMethod:
         self.loss_weights = mse_loss_weights(self.schedule).float() if config.loss.weighted_mse else None
         self.warmup_steps = {"generator": config.optimizer.warmup_steps}
 
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"autoencoder": self.autoencoder}
+
     def optimizers(self, generator: nn.Module, discriminator: nn.Module | None) -> dict[str, torch.optim.Optimizer]:
         opt = self.config.optimizer
         params = [p for p in generator.parameters() if p.requires_grad]
@@ -137,7 +140,6 @@ class ResShiftMethod:
 
     def generator_outputs(self, batch: dict[str, torch.Tensor], generator: nn.Module, rng: torch.Generator) -> Outputs:
         """The denoiser's z0 prediction at a random step t, the HR latent z0 and t."""
-        self.autoencoder.to(batch["lr"].device)
         y, lr_cond = encode_lr(self.autoencoder, batch["lr"])
         z0 = encode_hr(self.autoencoder, batch["hr"])
         t = torch.randint(0, self.schedule.num_timesteps, (z0.shape[0],), generator=rng, device=rng.device)

@@ -287,6 +287,9 @@ class StudentMethod:
         self.discriminator_lr = discriminator_lr
         self.warmup_steps = {"generator": optimizer.warmup_steps, "discriminator": discriminator_warmup_steps}
 
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher}
+
     def optimizers(self, generator: nn.Module, discriminator: nn.Module | None) -> dict[str, torch.optim.Optimizer]:
         opt = self.optimizer_config
         trainable = [p for p in generator.parameters() if p.requires_grad]
@@ -301,9 +304,7 @@ class StudentMethod:
         self, batch: dict[str, torch.Tensor], rng: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(y, z0, lr_cond, noise): the batch's latents and the prior noise drawn from ``rng``."""
-        lr = batch["lr"]
-        self.teacher.to(lr.device)
-        y, z0, lr_cond = encode_pair(self.teacher, lr, batch["hr"])
+        y, z0, lr_cond = encode_pair(self.teacher, batch["lr"], batch["hr"])
         return y, z0, lr_cond, draw_prior_noise(y, rng)
 
     def distillation_batch(self, batch: dict[str, torch.Tensor], rng: torch.Generator) -> DistillationBatch:

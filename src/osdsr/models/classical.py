@@ -43,7 +43,7 @@ def lanczos_phase_weights(scale: int = SCALE, a: int = LANCZOS_A) -> torch.Tenso
 def lanczos_upsample(image: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
     """Separable Lanczos-3 upsampling (edge samples replicated): rows first, then columns."""
     batch, channels, height, width = image.shape
-    weight = lanczos_phase_weights(scale).to(image.device, image.dtype)
+    weight = lanczos_phase_weights(scale).to(image.dtype).to(image.device)  # cast first: mps has no float64
     planes = image.reshape(batch * channels, 1, height, width)
     planes = _upsample_last_axis(planes, weight)
     planes = _upsample_last_axis(planes.transpose(2, 3), weight).transpose(2, 3)

@@ -235,10 +235,13 @@ def add_lora(unet: nn.Module, lora: LoRAConfig) -> None:
     )
 
 
-def build_sd_generator(config: SDGeneratorConfig, device: torch.device | str | None = None) -> SDOneStepGenerator:
+def build_sd_generator(
+    config: SDGeneratorConfig, device: torch.device | str | None = None, prompt_embedding: torch.Tensor | None = None
+) -> SDOneStepGenerator:
     """Build the generator: pretrained weights from a local folder, or a random init of the given configs.
 
-    On ``device="meta"`` nothing is allocated (used for complexity reports of the full size).
+    ``prompt_embedding``: a stored embedding (a trained model's), used as it is: the text encoder is not
+    run. On ``device="meta"`` nothing is allocated (used for complexity reports of the full size).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -259,6 +262,8 @@ def build_sd_generator(config: SDGeneratorConfig, device: torch.device | str | N
     cross_dim = unet.config.cross_attention_dim
     if meta:
         prompt = torch.zeros(1, config.prompt_length, cross_dim, device="meta")
+    elif prompt_embedding is not None:
+        prompt = prompt_embedding.clone()
     else:
         prompt = _prompt_embedding(config, cross_dim)
     generator = SDOneStepGenerator(
@@ -327,7 +332,8 @@ def load_sd_generator(path: str | Path, pretrained: str | Path | None = None) ->
     if meta.get("model_type") not in SD_MODEL_TYPES:
         raise ValueError(f"{path}: model_type {meta.get('model_type')!r} is not an SD one-step model")
     native = _native_generator(config) if path.is_dir() else None
-    generator = native if native is not None else build_sd_generator(config)
+    # the stored prompt embedding is loaded below: the text encoder is not run
+    generator = native if native is not None else build_sd_generator(config, prompt_embedding=state.get("prompt_embedding"))
     strict = path.is_dir()
     try:  # the native generator is on meta: it takes the loaded tensors as they are (assign)
         missing, unexpected = generator.load_state_dict(state, strict=False, assign=native is not None)
