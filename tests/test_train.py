@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from osdsr.cli import main
+from osdsr.commands.train import load_run_config
 from osdsr.methods.d3sr import D3SRMethod
 from osdsr.train import Trainer, TrainerConfig, list_checkpoints, lr_factor
 from osdsr.weights_io import read_safetensors
@@ -90,7 +91,8 @@ def test_resume_after_a_stop_between_checkpoints_logs_each_step_once(tmp_path: P
 
 def test_prefetching_the_next_batch_changes_no_number(tmp_path: Path, hr_folder: Path) -> None:
     """The batch made one step ahead on a second thread == the batch made in the step (losses and weights
-    equal bit for bit), with gradient accumulation so that micro-steps and steps differ."""
+    equal bit for bit), with gradient accumulation so that micro-steps and steps differ; both runs train
+    the UNet (the comparison is not between two equally frozen runs)."""
     extra = settings(hr_folder, "trainer.ema_decay=0.9", "trainer.gradient_accumulation_steps=2")
     assert train(tmp_path / "ahead", 12, hr_folder, *extra) == 0
     assert train(tmp_path / "inline", 12, hr_folder, *extra, "--set", "trainer.prefetch=false") == 0
@@ -99,6 +101,11 @@ def test_prefetching_the_next_batch_changes_no_number(tmp_path: Path, hr_folder:
     model_b = exported_weights(tmp_path / "inline")
     assert model_a.keys() == model_b.keys()
     assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
+    config = load_run_config(TINY_CONFIG, extra[1::2])
+    with torch.random.fork_rng():
+        torch.manual_seed(config.trainer.seed)  # the initial weights, as osdsr train makes them
+        initial = D3SRMethod(config).generator.state_dict()
+    assert any(not torch.equal(model_a[k], initial[k]) for k in model_a if k.startswith("unet."))
 
 
 def test_lr_schedule_warms_up_then_follows_a_cosine() -> None:
