@@ -264,3 +264,20 @@ def test_png_metadata_roundtrip(tmp_path: Path, sixteen_bit: bool) -> None:
     reread.load(loaded.exif)
     assert reread[0x010F] == "maker" and reread[ORIENTATION] == 1  # applied on load, so reset
     np.testing.assert_allclose(loaded.pixels, pixels[::-1, ::-1], atol=0.5 / (65535 if sixteen_bit else 255) + 1e-7)
+
+
+def _idat_zlib_level(path: Path) -> int:
+    """The FLEVEL field of the first IDAT's zlib header: 0 fastest, 1 fast, 2 default, 3 maximum."""
+    data = path.read_bytes()
+    idat = data.index(b"IDAT")
+    return data[idat + 5] >> 6
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_png_outputs_use_the_fast_zlib_level(tmp_path: Path, bits: int) -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.random((32, 32, 3)).astype(np.float32)
+    path = tmp_path / "out.png"
+    save_image(path, LoadedImage(pixels, bit_depth=bits))
+    assert _idat_zlib_level(path) == 0  # zlib level 1 (Pillow's default, 6, would read 2)
+    assert np.abs(load_image(path).pixels - pixels).max() <= 0.5 / (2**bits - 1) + 1e-6

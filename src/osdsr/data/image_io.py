@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})  # the others store 8 bits per sample
 ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})  # Pillow reads a 32-bit BMP's fourth byte as padding
 JPEG_QUALITY = 95
+# zlib level of PNG outputs: a 2048x2048 photo writes about 6x faster than at Pillow's default 6 for 8% more
+# bytes (benchmarks/out/speed.md); level 0 is faster still but twice the size
+PNG_COMPRESS_LEVEL = 1
 WEBP_QUALITY = 95
 ORIENTATION_TAG = 0x0112  # EXIF/TIFF "Orientation"
 METADATA_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "TIFF"})  # store an ICC profile and EXIF (BMP: neither)
@@ -278,7 +281,9 @@ def _save_options(fmt: str, image: LoadedImage) -> dict:
         for key, value in image.text:
             info.add_text(key, value)
         options["pnginfo"] = info
-    if fmt == "JPEG":
+    if fmt == "PNG":
+        options["compress_level"] = PNG_COMPRESS_LEVEL
+    elif fmt == "JPEG":
         options["quality"] = JPEG_QUALITY
     elif fmt == "WEBP":
         options["quality"] = WEBP_QUALITY
@@ -323,7 +328,7 @@ def _write_png16(stream, samples: np.ndarray, metadata_chunks: list[bytes]) -> N
     stream.write(b"\x89PNG\r\n\x1a\n")
     stream.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)))
     stream.write(b"".join(metadata_chunks))
-    stream.write(_png_chunk(b"IDAT", zlib.compress(raw, 6)))
+    stream.write(_png_chunk(b"IDAT", zlib.compress(raw, PNG_COMPRESS_LEVEL)))
     stream.write(_png_chunk(b"IEND", b""))
 
 
