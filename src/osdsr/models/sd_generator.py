@@ -165,7 +165,7 @@ class SDOneStepGenerator(nn.Module):
 def upsample_lr(lr: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
     """Bicubic x``scale`` upsampling of an LR image in [0, 1] to the generator's input range [-1, 1]."""
     up = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
-    return up.clamp(0, 1) * 2 - 1
+    return up.clamp_(0, 1).mul_(2).sub_(1)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
