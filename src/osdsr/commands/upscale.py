@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from osdsr.allocator import keep_freed_memory
     from osdsr.model_loading import LoadOptions, load_sr_model
     from osdsr.weights_io import check_writable, remove_orphaned_temporaries
 
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         check_writable(folder)  # before any image is computed
         remove_orphaned_temporaries(folder)  # what a killed run left
 
+    keep_freed_memory()  # image-sized temporaries reuse freed memory instead of page-faulting anew
     options = LoadOptions(steps=args.steps, pretrained=args.pretrained, device=device, dtype=dtype)
     model = load_sr_model(args.model, options)
     settings = UpscaleSettings(
