@@ -17,6 +17,7 @@ import torch
 
 from osdsr.metrics import external
 from osdsr.metrics.fidelity import DEFAULT_CROP_BORDER, psnr, ssim
+from osdsr.metrics.full_reference import gmsd, haarpsi, ms_ssim
 from osdsr.metrics.niqe import niqe
 
 
@@ -53,6 +54,9 @@ METRICS: dict[str, Metric] = {
     "psnr": Metric(True, True, lambda o: partial(psnr, crop_border=o.crop_border), "PSNR on Y (dB)"),
     "ssim": Metric(True, True, lambda o: partial(ssim, crop_border=o.crop_border), "SSIM on Y"),
     "niqe": Metric(False, False, lambda o: partial(niqe, crop_border=o.crop_border), "NIQE on Y (weight-free)"),
+    "ms_ssim": Metric(True, True, lambda o: ms_ssim, "MS-SSIM on RGB, whole image (weight-free, piq conventions)"),
+    "gmsd": Metric(True, False, lambda o: gmsd, "GMSD on luma, whole image (weight-free, piq conventions)"),
+    "haarpsi": Metric(True, True, lambda o: haarpsi, "HaarPSI on YIQ, whole image (weight-free, piq conventions)"),
     "lpips": Metric(
         True,
         False,
