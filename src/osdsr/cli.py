@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("evaluate", "compute PSNR/SSIM/NIQE/... of predictions, optionally against ground truth"),
     "degrade": ("degrade", "make LR/HR test pairs with the Real-ESRGAN degradation"),
     "complexity": ("complexity", "parameters and MACs of a method's full-size model (built on 'meta')"),
-    "convert": ("convert", "convert official checkpoints (ResShift) into osdsr model folders"),
+    "convert": ("convert", "convert official checkpoints (ResShift, Real-ESRGAN) into osdsr model folders"),
     "export": ("export", "export a training checkpoint as a model file that 'upscale --model' loads"),
     "ui": ("ui", "a local web page: drop images, compare before/after, download (needs the [ui] extra)"),
     "schedule": ("schedule", "print a diffusion schedule (e.g. the ResShift eta values)"),

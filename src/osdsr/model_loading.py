@@ -52,6 +52,12 @@ def _load_resshift(path: Path, options: LoadOptions) -> SRModel:
     return load_resshift_sr_model(path, options)
 
 
+def _load_realesrgan(path: Path, options: LoadOptions) -> SRModel:
+    from osdsr.models.realesrgan import load_realesrgan_model
+
+    return load_realesrgan_model(path, options)
+
+
 # model_type (from config.json or the LoRA metadata) -> loader(path, options)
 MODEL_LOADERS: dict[str, Callable[[Path, LoadOptions], SRModel]] = {
     "d3sr": _load_sd,
@@ -61,6 +67,7 @@ MODEL_LOADERS: dict[str, Callable[[Path, LoadOptions], SRModel]] = {
     "sinsr": _load_resshift,
     "tadsr": _load_resshift,
     "tddsr": _load_resshift,
+    "realesrgan": _load_realesrgan,
 }
 
 

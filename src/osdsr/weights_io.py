@@ -13,13 +13,20 @@ import errno
 import json
 import logging
 import os
+import pickle
 import re
 import tempfile
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from torch import nn
+
+KEYS_SHOWN = 8  # how many missing / unexpected keys an error message lists
+WRAPPER_KEY = "state_dict"  # {"state_dict": ...}: the usual wrapping of a training checkpoint
+KEY_PREFIXES = ("module.", "_orig_mod.")  # DataParallel, torch.compile
 
 logger = logging.getLogger(__name__)
 
@@ -151,3 +158,62 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise ValueError(f"{path}: not a readable safetensors file ({exc}); re-export or re-download it") from None
     return state, metadata
+
+
+def check_state_dict(expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], source: str) -> None:
+    """Refuse missing, unexpected, non-tensor or mis-shaped entries, listing them."""
+    problems = []
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            more = f" (and {len(keys) - KEYS_SHOWN} more)" if len(keys) > KEYS_SHOWN else ""
+            problems.append(f"{len(keys)} {label} key(s): {', '.join(keys[:KEYS_SHOWN])}{more}")
+    not_tensors = [k for k in expected if k in state and not isinstance(state[k], torch.Tensor)]
+    if not_tensors:
+        problems.append(f"non-tensor value(s) at {', '.join(not_tensors[:KEYS_SHOWN])}")
+    shapes = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape
+    ]
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): {', '.join(shapes[:KEYS_SHOWN])}")
+    if problems:
+        raise ValueError(f"{source}: weights do not match the model: " + "; ".join(problems))
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Strictly load ``state`` into ``model`` (which may live on ``meta``), with clear errors."""
+    expected = model.state_dict()
+    check_state_dict(expected, state, source)
+    converted = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    model.load_state_dict(converted, strict=True, assign=True)
+
+
+def read_official_state_dict(path: Path, wrapper_keys: tuple[str, ...] = (WRAPPER_KEY,)) -> dict[str, Any]:
+    """A checkpoint's state dict: unwrapped from the first of ``{wrapper_key: ...}`` it has (default
+    ``{"state_dict": ...}``), ``module.``/``_orig_mod.`` stripped."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a loadable weights-only PyTorch checkpoint ({first_line})") from None
+    if isinstance(checkpoint, dict):
+        wrapper = next((key for key in wrapper_keys if isinstance(checkpoint.get(key), dict)), None)
+        checkpoint = checkpoint if wrapper is None else checkpoint[wrapper]
+    if not isinstance(checkpoint, dict) or not checkpoint:
+        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors)")
+    return {_strip_prefixes(str(key)): value for key, value in checkpoint.items()}
+
+
+def _strip_prefixes(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in KEY_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix) :], True
+    return key

@@ -1,7 +1,8 @@
-"""``osdsr convert resshift``: official ResShift-family checkpoints (.pth) -> an osdsr model folder.
+"""``osdsr convert FAMILY``: official checkpoints -> an osdsr model folder.
 
     osdsr convert resshift --denoiser resshift_realsrx4_s15_v1.pth \\
         --autoencoder autoencoder_vq_f4.pth -o models/resshift-v1
+    osdsr convert realesrgan --pth RealESRGAN_x4plus.pth -o models/realesrgan-x4plus   # see convert_realesrgan
 
 Checkpoints are read with ``torch.load(weights_only=True)``: a plain state dict, one wrapped as
 ``{"state_dict": ...}``, and keys prefixed ``module.`` (DataParallel) or ``_orig_mod.``
@@ -12,10 +13,10 @@ The architecture is the official x4 real-SR one unless ``--config`` gives anothe
 from __future__ import annotations
 
 import argparse
-import pickle
 from pathlib import Path
 from typing import Any
 
+from osdsr.commands import convert_realesrgan
 from osdsr.diffusion.resshift_config import STUDENT_TYPES, TEACHER_TYPE, ResShiftScheduleConfig
 
 # Schedules of the official x4 real-SR releases (the same network; configs/realsr_swinunet_realesrgan256*.yaml)
@@ -24,12 +25,23 @@ RELEASE_SCHEDULES: dict[str, ResShiftScheduleConfig] = {
     "v2": ResShiftScheduleConfig(num_timesteps=15, min_noise_level=0.04),
     "v3": ResShiftScheduleConfig(num_timesteps=4, min_noise_level=0.2),
 }
-WRAPPER_KEY = "state_dict"
-KEY_PREFIXES = ("module.", "_orig_mod.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("family", choices=["resshift"], help="checkpoint family to convert")
+    families = parser.add_subparsers(dest="family", metavar="FAMILY", required=True)
+    add_resshift_arguments(families.add_parser("resshift", help="ResShift / SinSR-family checkpoints (.pth)"))
+    convert_realesrgan.add_arguments(
+        families.add_parser("realesrgan", help="Real-ESRGAN: the PyTorch release (.pth) or the ncnn one (.param/.bin)")
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.family == "realesrgan":
+        return convert_realesrgan.run(args)
+    return run_resshift(args)
+
+
+def add_resshift_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--denoiser", type=Path, required=True, help="official denoiser checkpoint (.pth)")
     parser.add_argument("--autoencoder", type=Path, help="official VQGAN-f4 checkpoint (autoencoder_vq_f4.pth)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="model folder to write")
@@ -53,11 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in the output folder")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_resshift(args: argparse.Namespace) -> int:
     import torch
 
     from osdsr.config import from_dict, read_yaml, to_dict
-    from osdsr.models.resshift_sr import ResShiftModelConfig, build_resshift_sr_model, load_weights, save_resshift_model
+    from osdsr.models.resshift_sr import ResShiftModelConfig, build_resshift_sr_model, save_resshift_model
+    from osdsr.weights_io import load_weights, read_official_state_dict
 
     data: dict[str, Any] = to_dict(ResShiftModelConfig(schedule=RELEASE_SCHEDULES[args.release]))
     if args.config is not None:
@@ -86,31 +99,3 @@ def run(args: argparse.Namespace) -> int:
     what = f"{config.model_type} model ({config.autoencoder_name}, T = {config.schedule.num_timesteps})"
     print(f"wrote {what} to {args.output}")
     return 0
-
-
-def read_official_state_dict(path: Path) -> dict[str, Any]:
-    """A checkpoint's state dict: unwrapped from ``{"state_dict": ...}``, ``module.``/``_orig_mod.`` stripped."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a loadable weights-only PyTorch checkpoint ({first_line})") from None
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get(WRAPPER_KEY), dict):
-        checkpoint = checkpoint[WRAPPER_KEY]
-    if not isinstance(checkpoint, dict) or not checkpoint:
-        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors)")
-    return {_strip_prefixes(str(key)): value for key, value in checkpoint.items()}
-
-
-def _strip_prefixes(key: str) -> str:
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in KEY_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix) :], True
-    return key

@@ -33,13 +33,12 @@ from osdsr.models.resshift_sr import (
     ResShiftModelConfig,
     ResShiftSR,
     build_autoencoder,
-    load_weights,
     read_resshift_config,
     save_resshift_model,
 )
 from osdsr.models.resshift_unet import SwinUNet, SwinUNetConfig
 from osdsr.train import DataConfig, Outputs, TrainerConfig
-from osdsr.weights_io import read_safetensors
+from osdsr.weights_io import load_weights, read_safetensors
 
 AUTOENCODER_PREFIX = "autoencoder."
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -34,7 +34,7 @@ from osdsr.diffusion.resshift_config import STUDENT_TYPES, TEACHER_TYPE
 from osdsr.models.autoencoders import PixelUnshuffleAutoencoder, VQAutoencoderConfig, VQAutoencoderF4
 from osdsr.models.classical import bicubic_upsample
 from osdsr.models.resshift_unet import SwinUNet, SwinUNetConfig
-from osdsr.weights_io import atomic_write_json, atomic_write_safetensors, read_safetensors
+from osdsr.weights_io import atomic_write_json, atomic_write_safetensors, load_weights, read_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ LATENT_STRIDE = 4  # f4 autoencoders: one latent pixel per LR pixel
 ModelType = Literal["resshift", "sinsr", "tadsr", "tddsr"]
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-KEYS_SHOWN = 8  # how many missing / unexpected keys an error message lists
 
 
 PIXEL_UNSHUFFLE = "pixel_unshuffle"
@@ -161,37 +160,6 @@ def build_resshift_sr_model(
     """A freshly initialised model (build it under ``torch.device("meta")`` to skip initialisation)."""
     denoiser, autoencoder = SwinUNet(config.denoiser), build_autoencoder(config)
     return ResShiftSR(config, denoiser, autoencoder, steps=steps, deterministic=deterministic)
-
-
-def check_state_dict(expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], source: str) -> None:
-    """Refuse missing, unexpected, non-tensor or mis-shaped entries, listing them."""
-    problems = []
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    for label, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            more = f" (and {len(keys) - KEYS_SHOWN} more)" if len(keys) > KEYS_SHOWN else ""
-            problems.append(f"{len(keys)} {label} key(s): {', '.join(keys[:KEYS_SHOWN])}{more}")
-    not_tensors = [k for k in expected if k in state and not isinstance(state[k], torch.Tensor)]
-    if not_tensors:
-        problems.append(f"non-tensor value(s) at {', '.join(not_tensors[:KEYS_SHOWN])}")
-    shapes = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape
-    ]
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatch(es): {', '.join(shapes[:KEYS_SHOWN])}")
-    if problems:
-        raise ValueError(f"{source}: weights do not match the model: " + "; ".join(problems))
-
-
-def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Strictly load ``state`` into ``model`` (which may live on ``meta``), with clear errors."""
-    expected = model.state_dict()
-    check_state_dict(expected, state, source)
-    converted = {k: v.to(expected[k].dtype) for k, v in state.items()}
-    model.load_state_dict(converted, strict=True, assign=True)
 
 
 def read_resshift_config(path: Path) -> ResShiftModelConfig:
