@@ -27,6 +27,8 @@ from torch import nn
 KEYS_SHOWN = 8  # how many missing / unexpected keys an error message lists
 WRAPPER_KEY = "state_dict"  # {"state_dict": ...}: the usual wrapping of a training checkpoint
 KEY_PREFIXES = ("module.", "_orig_mod.")  # DataParallel, torch.compile
+MODEL_CONFIG_FILE = "config.json"  # a model folder: config.json + model.safetensors
+MODEL_WEIGHTS_FILE = "model.safetensors"
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +144,24 @@ def atomic_write_safetensors(state: dict[str, torch.Tensor], path: str | Path, m
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
+
+
+def save_model_folder(
+    directory: str | Path,
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    metadata: dict[str, str],
+    overwrite: bool = False,
+) -> Path:
+    """Write a model folder, ``model.safetensors`` then ``config.json`` (each atomically)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{directory}: exists and is not a folder")
+    if not overwrite and any((directory / name).exists() for name in (MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE)):
+        raise FileExistsError(f"{directory}: already holds a model; pass --overwrite to replace it")
+    atomic_write_safetensors(state, directory / MODEL_WEIGHTS_FILE, metadata)
+    atomic_write_json(config, directory / MODEL_CONFIG_FILE)
+    return directory
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -33,15 +33,13 @@ from torch import nn
 
 from osdsr.config import from_dict, to_dict
 from osdsr.model_loading import LoadOptions
-from osdsr.weights_io import atomic_write_json, atomic_write_safetensors, load_weights, read_safetensors
+from osdsr.weights_io import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, load_weights, read_safetensors, save_model_folder
 
 SCALE = 4
 IMAGE_CHANNELS = 3
 LEAKY_SLOPE = 0.2  # ESRGAN: LeakyReLU(0.2) throughout
 RESIDUAL_SCALE = 0.2  # ESRGAN Sec. 3.1: residual scaling of each dense block and each RRDB
 MODEL_TYPE = "realesrgan"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 Arch = Literal["rrdbnet", "srvgg_compact"]
 
 
@@ -175,20 +173,13 @@ class RealESRGANSR(nn.Module):
 
 def save_realesrgan_model(directory: str | Path, model: RealESRGANSR, overwrite: bool = False) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (official key names) into ``directory``."""
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"{directory}: exists and is not a folder")
-    if not overwrite and any((directory / name).exists() for name in (CONFIG_FILE, WEIGHTS_FILE)):
-        raise FileExistsError(f"{directory}: already holds a model; pass --overwrite to replace it")
     metadata = {"format": "pt", "model_type": MODEL_TYPE, "arch": model.config.arch}
-    atomic_write_safetensors(model.network.state_dict(), directory / WEIGHTS_FILE, metadata)
-    atomic_write_json(to_dict(model.config), directory / CONFIG_FILE)
-    return directory
+    return save_model_folder(directory, model.network.state_dict(), to_dict(model.config), metadata, overwrite)
 
 
 def load_realesrgan_model(path: Path, options: LoadOptions) -> RealESRGANSR:
     """Loader for ``osdsr.model_loading``: a model folder -> eval-mode model on ``options.device``."""
-    config_path = path / CONFIG_FILE
+    config_path = path / MODEL_CONFIG_FILE
     try:
         config = from_dict(RealESRGANConfig, json.loads(config_path.read_text()))
     except json.JSONDecodeError as exc:
@@ -197,6 +188,6 @@ def load_realesrgan_model(path: Path, options: LoadOptions) -> RealESRGANSR:
         raise ValueError(f"{config_path}: {exc}") from None
     with torch.device("meta"):
         model = RealESRGANSR(config)
-    state, _ = read_safetensors(path / WEIGHTS_FILE)
-    load_weights(model.network, state, str(path / WEIGHTS_FILE))
+    state, _ = read_safetensors(path / MODEL_WEIGHTS_FILE)
+    load_weights(model.network, state, str(path / MODEL_WEIGHTS_FILE))
     return model.eval().to(device=options.device, dtype=options.dtype)

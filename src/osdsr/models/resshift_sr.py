@@ -34,7 +34,7 @@ from osdsr.diffusion.resshift_config import STUDENT_TYPES, TEACHER_TYPE
 from osdsr.models.autoencoders import PixelUnshuffleAutoencoder, VQAutoencoderConfig, VQAutoencoderF4
 from osdsr.models.classical import bicubic_upsample
 from osdsr.models.resshift_unet import SwinUNet, SwinUNetConfig
-from osdsr.weights_io import atomic_write_json, atomic_write_safetensors, load_weights, read_safetensors
+from osdsr.weights_io import load_weights, read_safetensors, save_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -175,14 +175,8 @@ def read_resshift_config(path: Path) -> ResShiftModelConfig:
 
 def save_resshift_model(directory: str | Path, model: ResShiftSR, overwrite: bool = False) -> Path:
     """Write ``config.json`` and ``model.safetensors`` of ``model`` into ``directory`` (atomically, file by file)."""
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"{directory}: exists and is not a folder")
-    if not overwrite and any((directory / name).exists() for name in (CONFIG_FILE, WEIGHTS_FILE)):
-        raise FileExistsError(f"{directory}: already holds a model; pass --overwrite to replace it")
     metadata = {"format": "pt", "model_type": model.config.model_type}
-    atomic_write_safetensors(model.state_dict(), directory / WEIGHTS_FILE, metadata)
-    atomic_write_json(to_dict(model.config), directory / CONFIG_FILE)
+    save_model_folder(directory, model.state_dict(), to_dict(model.config), metadata, overwrite)
     logger.info("wrote %s model to %s", model.config.model_type, directory)
     return directory
 
