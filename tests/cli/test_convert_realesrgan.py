@@ -32,7 +32,8 @@ def test_pth_and_ncnn_releases_convert_to_the_same_model_and_output(official, tm
     ncnn_args = ["--ncnn-param", folder / "tiny.param", "--ncnn-bin", folder / "tiny.bin"]
     for name, source in (("pth", ["--pth", folder / "tiny.pth"]), ("ncnn", ncnn_args)):
         assert main([str(a) for a in ["convert", "realesrgan", *source, "-o", tmp_path / name]]) == 0
-        args = ["upscale", folder / "lr.png", "-o", tmp_path / f"sr_{name}", "--model", tmp_path / name, "--color-fix", "none"]
+        args = ["upscale", folder / "lr.png", "-o", tmp_path / f"sr_{name}", "--model", tmp_path / name, "--color-fix", "none",
+                "--dtype", "fp32"]
         assert main([str(a) for a in args]) == 0
     assert json.loads((tmp_path / "pth" / "config.json").read_text())["arch"] == "rrdbnet"
     outputs = [np.asarray(Image.open(tmp_path / f"sr_{name}" / "lr.png")) for name in ("pth", "ncnn")]
