@@ -26,7 +26,7 @@ TEACHER = {"distillation target (15 steps)": (118_593_583, 0)}  # the official R
 TRAINING_ONLY_PARAMS = {
     "sinsr": {TEACHER_NETWORK: TEACHER},
     "tadsr": {
-        "time-aware discriminator": {"teacher encoder (frozen)": (48_956_060, 0), "FiLM heads": (3_016_645, 3_016_645)},
+        "time-aware discriminator": {"teacher encoder (frozen)": (48_956_060, 0), "FiLM heads": (20_764_320, 20_764_320)},
         TEACHER_NETWORK: {**TEACHER, "score distillation (2 evaluations)": (118_593_583, 0)},
     },
     "tddsr": {

@@ -736,12 +736,13 @@ class Trainer:
         return last
 
     # ---- validation and export -----------------------------------------------------------------
-    def _generator_for_export(self) -> nn.Module:
-        """The unwrapped generator with EMA weights swapped in (a copy: training weights untouched)."""
+    def _generator_for_export(self, ema: bool = True) -> nn.Module:
+        """A copy of the unwrapped generator, with the EMA weights swapped in unless ``ema`` is False
+        (training weights untouched)."""
         import copy
 
         generator = copy.deepcopy(self.unwrapped_generator)
-        if self.ema is not None:
+        if ema and self.ema is not None:
             self.ema.copy_to(generator)
         return (generator.float() if self.frozen_dtype is not None else generator).eval()
 
@@ -766,7 +767,9 @@ class Trainer:
         cfg = self.config.validation
         if cfg.lr_dir is None or cfg.hr_dir is None or not self.accelerator.is_main_process:
             return {}
-        model = self.method.sr_model(self._generator_for_export())
+        # a method may validate its raw weights (TAD-SR's release_compat.validate_raw_weights)
+        raw = getattr(self.method, "validate_raw_weights", False)
+        model = self.method.sr_model(self._generator_for_export(ema=not raw))
         out_dir = self.output / "validation" / f"step-{self.step:08d}"
         with self._frozen_in_float32():
             metrics = validate_folder(model, Path(cfg.lr_dir), Path(cfg.hr_dir), out_dir, cfg.max_images, cfg.save_images)

@@ -1,15 +1,35 @@
-"""Vanilla distillation and HSD (TAD-SR Eq. 6-8): hand-computed values, zero at equality, stop-gradient."""
+"""Vanilla distillation and HSD (TAD-SR Eq. 6-8): hand-computed values, zero at equality, stop-gradient,
+and the authors' release on fixed inputs.
+
+``tadsr_release_hsd.npz`` holds inputs and outputs of the release's HSD (github.com/LearningHx/TAD-SR,
+commit 8b0373f, ``TAD-SR/models/gaussian_diffusion.py``: ``GaussianDiffusion.training_losses_distill``
+with ``distill_type='HSD'``, ``uniform_sampling=False``, ``score_distill_target='teacher'``, and the
+methods it calls). They were made outside this repository: those functions, copied unchanged into a
+throwaway virtual environment (torch 2.13 CPU, the release files alone on its path), ran with the
+schedule of ``configs/TAD-SR.yaml`` (T = 15, kappa 2, p 0.3), a stand-in teacher
+``tanh(conv3x3([z, lq])) * (1 + t / 20)`` (``teacher_weight`` / ``teacher_bias``), a stand-in first
+stage that averages 4x4 blocks, the LR image ``lq`` (also the teacher's condition), ``y`` = its
+latent, the prior ``noise`` and the student's output ``z_student``. Its own draws (``t_hsd``, chain
+indices, and the uniform ``noise_hsd``) were recorded; ``z_teacher`` is its 15-step deterministic
+target, ``loss_distill`` / ``loss_hsd`` its per-sample terms and ``grad_hsd`` the gradient of the HSD
+term's batch mean with respect to ``z_student``.
+"""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from osdsr.diffusion.resshift import ResShiftSchedule
+from osdsr.diffusion.resshift import ResShiftSchedule, ResShiftScheduleConfig
 from osdsr.losses.distillation import hsd_loss, sample_hsd_steps, vanilla_distillation_loss
+
+RELEASE_HSD = Path(__file__).parent / "tadsr_release_hsd.npz"
 
 KAPPA = 2.0
 
@@ -100,3 +120,45 @@ def test_hsd_steps_are_uniform_over_the_papers_1_to_3() -> None:
     assert torch.bincount(steps).min() > 150
     with pytest.raises(ValueError, match="first <= last"):
         sample_hsd_steps(1, rng, first=3, last=2)
+
+
+@pytest.fixture(scope="module")
+def release() -> dict[str, torch.Tensor]:
+    with np.load(RELEASE_HSD) as data:
+        return {k: torch.from_numpy(v) for k, v in data.items()}
+
+
+def release_teacher(release: dict[str, torch.Tensor]):
+    """The reference's stand-in teacher: z0 = tanh(conv3x3([z_scaled, lq])) * (1 + t / 20)."""
+
+    def denoise(z_scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = F.conv2d(torch.cat([z_scaled, release["lq"]], 1), release["teacher_weight"], release["teacher_bias"], padding=1)
+        return torch.tanh(h) * (1 + t[:, None, None, None] / 20)
+
+    return denoise
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def test_teacher_target_and_distillation_match_the_release(release: dict[str, torch.Tensor]) -> None:
+    schedule = ResShiftSchedule.from_config(ResShiftScheduleConfig())  # configs/TAD-SR.yaml's schedule
+    z_teacher = schedule.sample(release_teacher(release), release["y"], release["noise"], deterministic=True)
+    assert relative_error(z_teacher, release["z_teacher"]) < 1e-5
+    distill = vanilla_distillation_loss(release["z_student"], release["z_teacher"])
+    assert relative_error(distill, release["loss_distill"].mean()) < 1e-5
+
+
+def test_hsd_gradient_matches_the_release_with_its_double_input_scaling(release: dict[str, torch.Tensor]) -> None:
+    schedule = ResShiftSchedule.from_config(ResShiftScheduleConfig())
+    gradients = {}
+    for twice in (True, False):
+        z_student = release["z_student"].clone().requires_grad_(True)
+        hsd_loss(
+            z_student, release["z_teacher"], release["y"], release["noise_hsd"], release["t_hsd"], schedule,
+            release_teacher(release), scale_teacher_input_twice=twice,
+        ).backward()
+        gradients[twice] = z_student.grad
+    assert relative_error(gradients[True], release["grad_hsd"]) < 1e-5
+    assert relative_error(gradients[False], release["grad_hsd"]) > 1e-3  # the paper's single scaling differs

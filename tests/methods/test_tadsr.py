@@ -19,7 +19,8 @@ from torch import nn
 from osdsr.cli import main
 from osdsr.config import from_dict, read_yaml
 from osdsr.methods.resshift_family import TeacherConfig
-from osdsr.methods.tadsr import TADSRConfig, TADSRMethod
+from osdsr.methods import tadsr
+from osdsr.methods.tadsr import ReleaseCompatConfig, TADSRConfig, TADSRMethod, TimeAwareDiscriminatorConfig
 from osdsr.models.resshift_unet import SwinUNet
 from osdsr.train import step_generator
 
@@ -33,12 +34,13 @@ def teacher_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_teacher(tmp_path_factory.mktemp("teacher"))
 
 
-def make_method(teacher_folder: Path, **loss: float) -> TADSRMethod:
+def make_method(teacher_folder: Path, compat: ReleaseCompatConfig | None = None, **loss: float) -> TADSRMethod:
     config = from_dict(TADSRConfig, read_yaml(TINY_CONFIG))
     config = dataclasses.replace(
         config,
         teacher=TeacherConfig(str(teacher_folder), steps=4),
         loss=dataclasses.replace(config.loss, **loss),
+        release_compat=compat or ReleaseCompatConfig(),
     )
     torch.manual_seed(0)
     return TADSRMethod(config)
@@ -55,16 +57,16 @@ def first_step_rng() -> torch.Generator:
 
 
 class FixedLogits(nn.Module):
-    """A stand-in discriminator that returns given per-head logits, one list per call, in order."""
+    """A stand-in discriminator: per call (in order), heads of given (logit, number of logits), concatenated."""
 
-    def __init__(self, *calls: list[float]) -> None:
+    def __init__(self, *calls: list[tuple[float, int]]) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(()))
         self.calls = list(calls)
 
-    def forward(self, features: list[torch.Tensor], t: torch.Tensor) -> list[torch.Tensor]:
-        values = self.calls.pop(0)
-        return [torch.full((t.shape[0], 1, 2, 2), v) + self.weight for v in values]
+    def forward(self, features: list[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+        heads = [torch.full((t.shape[0], n), v) for v, n in self.calls.pop(0)]
+        return torch.cat(heads, dim=1) + self.weight
 
 
 def test_distill_and_hsd_vanish_when_the_student_equals_the_teacher(teacher_folder: Path) -> None:
@@ -94,14 +96,14 @@ def test_hinge_losses_on_hand_computed_logits(teacher_folder: Path) -> None:
     method = make_method(teacher_folder, distill_weight=0.0, hsd_weight=0.0, adversarial_weight=0.5)
     rng = first_step_rng()
     batch = make_batch()
-    fake_for_generator = [0.5, -1.5]
+    fake_for_generator = [(0.5, 3), (-2.5, 1)]
     g_terms, cache = generator_step(method, batch, method.generator, FixedLogits(fake_for_generator), rng)
-    # Eq. 11, heads averaged: -mean_k D_k(fake) = -(0.5 - 1.5) / 2, times lambda2
-    assert g_terms["adversarial"].item() == pytest.approx(0.5 * 0.5)
-    real, fake = [2.0, 0.25], [-0.5, 3.0]
+    # Eq. 11 over all heads' logits (each head weighted by its size): -(3 * 0.5 - 2.5) / 4, times lambda2
+    assert g_terms["adversarial"].item() == pytest.approx(0.5 * 0.25)
+    real, fake = [(2.0, 1), (0.25, 3)], [(-0.5, 3), (3.0, 1)]
     d_terms = method.discriminator_losses(batch, cache, FixedLogits(real, fake), rng)
-    # Eq. 12, heads averaged: mean_k [max(0, 1 - real_k) + max(0, 1 + fake_k)]
-    expected = ((0.0 + 0.5) + (0.75 + 4.0)) / 2
+    # Eq. 12: mean max(0, 1 - real) + mean max(0, 1 + fake), over all heads' logits
+    expected = (0.0 + 3 * 0.75) / 4 + (3 * 0.5 + 4.0) / 4
     assert d_terms["adversarial"].item() == pytest.approx(expected)
 
 
@@ -135,6 +137,73 @@ def test_discriminator_step_reaches_only_the_discriminator(teacher_folder: Path)
 def test_bad_hsd_steps_are_refused(teacher_folder: Path) -> None:
     with pytest.raises(ValueError, match="hsd_steps"):
         make_method(teacher_folder, hsd_steps=(2, 9))
+
+
+def captured_hsd_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple, dict]]:
+    calls: list[tuple[tuple, dict]] = []
+    hsd = tadsr.hsd_loss
+    monkeypatch.setattr(tadsr, "hsd_loss", lambda *a, **k: calls.append((a, k)) or hsd(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_release_compat_noise_and_double_scaling_reach_the_losses(
+    teacher_folder: Path, monkeypatch: pytest.MonkeyPatch, uniform: bool
+) -> None:
+    compat = ReleaseCompatConfig(uniform_noise=uniform, scale_hsd_teacher_input_twice=uniform)
+    method = make_method(teacher_folder, compat)
+    calls = captured_hsd_calls(monkeypatch)
+    _, cache = generator_step(method, make_batch(), method.generator, method.discriminator, first_step_rng())
+    (args, kwargs), = calls
+    hsd_noise, disc_noise = args[3], cache["noise"]
+    assert kwargs["scale_teacher_input_twice"] is uniform
+    for noise in (hsd_noise, disc_noise):  # U[0, 1) as released (gaussian_diffusion.py:838, 895), else N(0, I)
+        assert bool(noise.min() >= 0 and noise.max() < 1) is uniform
+
+
+def test_discriminator_steps_bound_its_perturbation(teacher_folder: Path) -> None:
+    method = make_method(teacher_folder)
+    config = dataclasses.replace(method.config, discriminator=TimeAwareDiscriminatorConfig(steps=(2, 3)))
+    method = TADSRMethod(config)
+    seen = set()
+    for seed in range(8):
+        _, cache = generator_step(method, make_batch(batch_size=4), method.generator, method.discriminator,
+                                  step_generator(0, seed, 0, torch.device("cpu")))
+        seen |= set(cache["t"].tolist())
+    assert seen == {1, 2}  # paper steps 2..3 are chain indices 1..2
+    with pytest.raises(ValueError, match="discriminator.steps"):
+        TADSRMethod(dataclasses.replace(config, discriminator=TimeAwareDiscriminatorConfig(steps=(1, 5))))
+
+
+@pytest.fixture
+def validation_pair(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(4)
+    lr_dir, hr_dir = tmp_path / "val_lr", tmp_path / "val_hr"
+    lr_dir.mkdir(), hr_dir.mkdir()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(lr_dir / "a.png")
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(hr_dir / "a.png")
+    return lr_dir, hr_dir
+
+
+def test_release_compat_validates_the_raw_weights(
+    teacher_folder: Path, tmp_path: Path, small_run: Callable[..., list[str]], validation_pair: tuple[Path, Path]
+) -> None:
+    """Raw-weight validation under an EMA equals validation of a run without EMA (same raw weights)."""
+    lr_dir, hr_dir = validation_pair
+    common = [f"teacher.path={teacher_folder}", "teacher.steps=4", "trainer.validation.every=2",
+              f"trainer.validation.lr_dir={lr_dir}", f"trainer.validation.hr_dir={hr_dir}", "trainer.validation.save_images=0"]
+    runs = {
+        "raw": ["trainer.ema_decay=0.5", "release_compat.validate_raw_weights=true"],
+        "no_ema": ["trainer.ema_decay=0.0"],
+    }
+    metrics = {}
+    for name, extra in runs.items():
+        output = tmp_path / name
+        assert main(["train", str(TINY_CONFIG), "--output", str(output), "--max-steps", "2",
+                     *small_run(*common, *extra)]) == 0
+        with (output / "validation.csv").open() as f:
+            metrics[name] = list(csv.DictReader(f))
+    assert metrics["raw"] == metrics["no_ema"] and len(metrics["raw"]) == 1
 
 
 @pytest.fixture
@@ -174,12 +243,12 @@ def test_trains_through_the_cli_and_exports_a_one_step_model(
 
 
 def test_full_config_builds_on_meta() -> None:
+    from osdsr.methods.tadsr import build_discriminator
     from osdsr.models.resshift_unet import SwinUNetConfig
-    from osdsr.models.time_aware_discriminator import TimeAwareDiscriminator, encoder_feature_channels
 
     config = from_dict(TADSRConfig, read_yaml(FULL_CONFIG))
     assert (config.loss.hsd_weight, config.loss.adversarial_weight, config.trainer.max_steps) == (1.0, 0.02, 30_000)
-    heads = config.discriminator
     with torch.device("meta"):
-        disc = TimeAwareDiscriminator(encoder_feature_channels(SwinUNetConfig()), heads.head_channels, heads.embed_dim)
-    assert 1e6 < sum(p.numel() for p in disc.parameters()) < 1e7
+        disc = build_discriminator(SwinUNetConfig(), config.discriminator)
+    assert len(disc.heads) == 5 and disc.heads[0].embed_dim == 160  # the release: embed_dim = model_channels
+    assert 2e7 < sum(p.numel() for p in disc.parameters()) < 2.2e7  # the release's ProjectedDiscriminator: 20.8M

@@ -51,6 +51,7 @@ def hsd_loss(
     t: torch.Tensor,
     schedule: ResShiftSchedule,
     teacher_denoise: TeacherDenoiseFn,
+    scale_teacher_input_twice: bool = False,
 ) -> torch.Tensor:
     """High-frequency-enhanced score distillation, stop-gradient form   (TAD-SR Eq. 7-8).
 
@@ -67,6 +68,10 @@ def hsd_loss(
     (batch mean), whose gradient with respect to ``z_student`` is exactly g (divided by the batch
     size). It is exactly zero when the student's and the teacher's outputs are equal, and no gradient
     reaches ``z_teacher``.
+
+    ``scale_teacher_input_twice``: the release's quirk (TAD-SR release, gaussian_diffusion.py:844-845
+    scale z_t' and hand it to ``ddim_sample``, whose ``p_mean_variance`` scales it again, l. 286): the
+    teacher sees ``z_t' / std_t'^2`` instead of ``z_t' / std_t'``, std_t' = sqrt(kappa^2 eta_t' + 1).
     """
     z_teacher = z_teacher.detach()
     with torch.no_grad():
@@ -74,8 +79,15 @@ def hsd_loss(
         z_t_student = schedule.q_sample(z_student_const, y, t, noise)  # TAD-SR Eq. 1
         z_t_teacher = schedule.q_sample(z_teacher, y, t, noise)
         model_t = torch.as_tensor(schedule.model_timesteps, device=t.device)[t]
-        z0_of_student = teacher_denoise(schedule.scale_input(z_t_student, t), model_t)
-        z0_of_teacher = teacher_denoise(schedule.scale_input(z_t_teacher, t), model_t)
+
+        def teacher_z0(z_t: torch.Tensor) -> torch.Tensor:
+            z_scaled = schedule.scale_input(z_t, t)
+            if scale_teacher_input_twice:
+                z_scaled = schedule.scale_input(z_scaled, t)
+            return teacher_denoise(z_scaled, model_t)
+
+        z0_of_student = teacher_z0(z_t_student)
+        z0_of_teacher = teacher_z0(z_t_teacher)
         eta = schedule.etas.to(device=t.device, dtype=z_student.dtype)[t].reshape(-1, *[1] * (z_student.ndim - 1))
         score_scale = (1 - eta) / (schedule.kappa * eta.sqrt())  # TAD-SR Eq. 8, omega_2 / omega
         score_gap = score_scale * (z_student_const - z_teacher + z0_of_teacher - z0_of_student)

@@ -9,15 +9,19 @@ by a zero weight (it is then not computed):
   omega = 1 / (C S), no gradient through the teacher (``osdsr.losses.distillation.hsd_loss``);
 - ``L_adv`` (Eq. 11): the time-aware discriminator's hinge generator loss on the noised student output.
 
-Discriminator (Eq. 9-12, Algorithm 1): a step t ~ U{1..T} and one noise draw are shared by the real
-latent ``z_t = q(z_0^HR, y, t)`` and the fake one ``z_t^stu = q(z_0^stu, y, t)`` (Eq. 1); the frozen
-teacher's encoder, conditioned on the LR image and t like the denoiser, gives multi-scale features;
-each is modulated by t and judged by its head; hinge loss (Eq. 12). The teacher's encoder is not
-trained (the release's discriminator optimiser holds only the heads and time embeddings); the
-heads' results are averaged (Sec. IV-B), i.e. Eq. 11-12 with the sum over k divided by K.
+Discriminator (Eq. 9-12, Algorithm 1): a step t ~ U{discriminator.steps} and one noise draw are
+shared by the real latent ``z_t = q(z_0^HR, y, t)`` and the fake one ``z_t^stu = q(z_0^stu, y, t)``
+(Eq. 1); the frozen teacher's encoder, conditioned on the LR image and t like the denoiser, gives
+multi-scale features, each judged by its time-aware head (``osdsr.models.time_aware_discriminator``,
+the release's design); hinge losses (Eq. 11-12) over the concatenated logits of all heads. The
+teacher's encoder is not trained (the release's discriminator optimiser holds only the heads).
 Algorithm 1 updates the discriminator first (``trainer.step_order: discriminator_first``; the
 default is the generator first); t and the noise are drawn with the student's output, so both steps
 judge the same z_t in either order.
+
+``release_compat`` reproduces what the authors' code does where the paper says otherwise (all off by
+default: the paper): uniform instead of Gaussian noise in HSD and in the discriminator's
+perturbation, HSD's teacher input scaled twice, and validation of the raw instead of the EMA weights.
 
 Weights lambda1 = 1, lambda2 = 0.02 and 30k iterations are the paper's real-SR settings (Sec. V-A).
 """
@@ -54,7 +58,9 @@ from osdsr.methods.resshift_family import (
     teacher_complexity_parts,
 )
 from osdsr.models.resshift_sr import complexity_latent_side
+from osdsr.models.resshift_unet import SwinUNetConfig
 from osdsr.models.time_aware_discriminator import (
+    LOGITS_PER_POSITION,
     TimeAwareDiscriminator,
     encoder_feature_channels,
     encoder_feature_sides,
@@ -73,10 +79,30 @@ class TADSRLossConfig:
 
 @dataclass(frozen=True)
 class TimeAwareDiscriminatorConfig:
-    head_channels: int = ranged(128, "[1, inf)")  # width of each head's 3x3 convolution
-    embed_dim: int = ranged(128, "[1, inf)")  # width of the step embedding that feeds FiLM
+    # width of the step's sinusoid that feeds FiLM; None: the teacher's model_channels (the release)
+    embed_dim: int | None = ranged(None, "[1, inf)")
+    logits_per_position: int = ranged(LOGITS_PER_POSITION, "[1, inf)")  # the release's 64
+    # paper steps t ~ U{first..last} of the discriminator's perturbation; None: 1..T (Algorithm 1). The
+    # release draws {1..T-1} (gaussian_diffusion.py:896, randint(0, T - 1) as chain indices)
+    steps: tuple[int, int] | None = ranged(None, "[1, inf)")
     lr: float = ranged(5e-5, "[0, 1]")
     warmup_steps: int = ranged(0, "[0, inf)")  # linear warm-up of the discriminator's lr (trainer steps)
+
+
+@dataclass(frozen=True)
+class ReleaseCompatConfig:
+    """The authors' code where the paper says otherwise (github.com/LearningHx/TAD-SR, commit 8b0373f,
+    TAD-SR/models/gaussian_diffusion.py and trainer.py); every switch off is the paper."""
+
+    # HSD's and the discriminator's noise U[0, 1) (``th.rand_like``, gaussian_diffusion.py:838 and :895)
+    # instead of the N(0, I) of Eq. 1 and Algorithm 1
+    uniform_noise: bool = False
+    # HSD's teacher input z_t' / std_t'^2: scaled at gaussian_diffusion.py:844-845 and again inside
+    # ddim_sample -> p_mean_variance (l. 286); the paper (Eq. 7) feeds the teacher like its denoiser
+    scale_hsd_teacher_input_twice: bool = False
+    # the distillation trainer's validation runs self.model, not the EMA weights (trainer.py,
+    # TrainerDistillDifIR.validation), although it loads the EMA model when use_ema_val is set
+    validate_raw_weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,9 +111,16 @@ class TADSRConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     loss: TADSRLossConfig = field(default_factory=TADSRLossConfig)
     discriminator: TimeAwareDiscriminatorConfig = field(default_factory=TimeAwareDiscriminatorConfig)
+    release_compat: ReleaseCompatConfig = field(default_factory=ReleaseCompatConfig)
     optimizer: StudentOptimizerConfig = field(default_factory=StudentOptimizerConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=30_000))
     data: DataConfig = field(default_factory=DataConfig)
+
+
+def build_discriminator(denoiser: SwinUNetConfig, config: TimeAwareDiscriminatorConfig) -> TimeAwareDiscriminator:
+    """The time-aware heads over the encoder taps of a teacher with ``denoiser``'s layout."""
+    embed_dim = denoiser.model_channels if config.embed_dim is None else config.embed_dim
+    return TimeAwareDiscriminator(encoder_feature_channels(denoiser), embed_dim, config.logits_per_position)
 
 
 def _discriminator_parts(teacher: Teacher, config: TimeAwareDiscriminatorConfig, size: int) -> Parts:
@@ -96,7 +129,7 @@ def _discriminator_parts(teacher: Teacher, config: TimeAwareDiscriminatorConfig,
     denoiser = teacher.denoiser
     channels = encoder_feature_channels(denoiser.config)
     with torch.device("meta"):
-        discriminator = TimeAwareDiscriminator(channels, config.head_channels, config.embed_dim)
+        discriminator = build_discriminator(denoiser.config, config)
     latent = complexity_latent_side(size, denoiser.config)
     sides = encoder_feature_sides(denoiser.config, latent)
 
@@ -162,13 +195,22 @@ class TADSRMethod(StudentMethod):
         total = self.teacher.schedule.num_timesteps
         if not 1 <= first <= last <= total:
             raise ValueError(f"loss.hsd_steps {list(config.loss.hsd_steps)}: need 1 <= first <= last <= T = {total}")
-        disc = config.discriminator
-        channels = encoder_feature_channels(self.teacher.denoiser.config)
+        first, last = config.discriminator.steps or (1, total)
+        if not 1 <= first <= last <= total:
+            raise ValueError(f"discriminator.steps {[first, last]}: need 1 <= first <= last <= T = {total}")
+        self.discriminator_steps = (first, last)
+        self.validate_raw_weights = config.release_compat.validate_raw_weights  # read by the trainer
         self.discriminator = (
-            TimeAwareDiscriminator(channels, disc.head_channels, disc.embed_dim)
+            build_discriminator(self.teacher.denoiser.config, config.discriminator)
             if config.loss.adversarial_weight > 0
             else None
         )
+
+    def _perturbation(self, like: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """The noise of HSD's and the discriminator's q(z_t | z_0, y): N(0, I), or U[0, 1) as released."""
+        if not self.config.release_compat.uniform_noise:
+            return draw_prior_noise(like, rng)
+        return torch.rand(like.shape, generator=rng, device=rng.device, dtype=like.dtype).to(like.device)
 
     def _teacher_denoise(self, lr_cond: torch.Tensor) -> TeacherDenoiseFn:
         def denoise(z_scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -184,8 +226,8 @@ class TADSRMethod(StudentMethod):
         lr_cond: torch.Tensor,
         t: torch.Tensor,
         noise: torch.Tensor,
-    ) -> list[torch.Tensor]:
-        """D(Enc(z_t, t, LR), t) with z_t = q(z0, y, t) (TAD-SR Eq. 1, 9-10): per-head logits."""
+    ) -> torch.Tensor:
+        """D(Enc(z_t, t, LR), t) with z_t = q(z0, y, t) (TAD-SR Eq. 1, 9-10): the heads' concatenated logits."""
         schedule = self.teacher.schedule
         z_t = schedule.q_sample(z0, y, t, noise)  # TAD-SR Eq. 1
         features = teacher_encoder_features(self.teacher.denoiser, schedule.scale_input(z_t, t), t, lr_cond)
@@ -200,12 +242,13 @@ class TADSRMethod(StudentMethod):
         outputs.update(y=latents.y, lr_cond=latents.lr_cond)
         if loss.hsd_weight:
             outputs["t_hsd"] = sample_hsd_steps(z_student.shape[0], rng, *loss.hsd_steps).to(z_student.device)
-            outputs["hsd_noise"] = draw_prior_noise(z_student, rng)
+            outputs["hsd_noise"] = self._perturbation(z_student, rng)
         if self.discriminator is not None:
-            # Algorithm 1: t ~ U{1..T} (chain indices 0..T-1) and one noise draw, shared by real and fake
-            t = torch.randint(0, self.teacher.schedule.num_timesteps, (z_student.shape[0],), generator=rng, device=rng.device)
+            # Algorithm 1: t ~ U{first..last} (chain indices first-1..last-1), one noise draw shared by real and fake
+            first, last = self.discriminator_steps
+            t = torch.randint(first - 1, last, (z_student.shape[0],), generator=rng, device=rng.device)
             outputs["t"] = t.to(z_student.device)
-            outputs["noise"] = draw_prior_noise(z_student, rng)
+            outputs["noise"] = self._perturbation(z_student, rng)
         return outputs
 
     def generator_losses(
@@ -218,10 +261,11 @@ class TADSRMethod(StudentMethod):
             terms["hsd"] = loss.hsd_weight * hsd_loss(  # Eq. 7-8
                 z_student, z_teacher, y, outputs["hsd_noise"], outputs["t_hsd"], self.teacher.schedule,
                 self._teacher_denoise(lr_cond),
+                scale_teacher_input_twice=self.config.release_compat.scale_hsd_teacher_input_twice,
             )
         if discriminator is not None:
             fake_logits = self._judge(discriminator, z_student, y, lr_cond, outputs["t"], outputs["noise"])
-            terms["adversarial"] = loss.adversarial_weight * hinge_generator_loss(fake_logits) / len(fake_logits)  # Eq. 11
+            terms["adversarial"] = loss.adversarial_weight * hinge_generator_loss(fake_logits)  # Eq. 11
         return terms
 
     def discriminator_losses(
@@ -230,4 +274,4 @@ class TADSRMethod(StudentMethod):
         condition = (outputs["y"], outputs["lr_cond"], outputs["t"], outputs["noise"])
         real_logits = self._judge(discriminator, outputs["z0"], *condition)  # real: the noised HR latent
         fake_logits = self._judge(discriminator, outputs["z_student"], *condition)
-        return {"adversarial": hinge_discriminator_loss(real_logits, fake_logits) / len(real_logits)}  # Eq. 12
+        return {"adversarial": hinge_discriminator_loss(real_logits, fake_logits)}  # Eq. 12
