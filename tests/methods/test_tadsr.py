@@ -248,6 +248,11 @@ def test_full_config_builds_on_meta() -> None:
 
     config = from_dict(TADSRConfig, read_yaml(FULL_CONFIG))
     assert (config.loss.hsd_weight, config.loss.adversarial_weight, config.trainer.max_steps) == (1.0, 0.02, 30_000)
+    # the release's schedule (TAD-SR.yaml, trainer.py): 5k warm-up of G only, D first, no clipping, t in 1..14
+    assert (config.optimizer.warmup_steps, config.discriminator.warmup_steps) == (5000, 0)
+    assert (config.trainer.step_order, config.trainer.discriminator_steps, config.trainer.grad_clip) == (
+        "discriminator_first", 1, None)
+    assert config.discriminator.steps == (1, 14) and config.release_compat == ReleaseCompatConfig()
     with torch.device("meta"):
         disc = build_discriminator(SwinUNetConfig(), config.discriminator)
     assert len(disc.heads) == 5 and disc.heads[0].embed_dim == 160  # the release: embed_dim = model_channels
