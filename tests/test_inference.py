@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from osdsr import inference
 from osdsr.color_fix import channel_statistics
 from osdsr.data.image_io import LoadedImage
 from osdsr.inference import (
@@ -18,6 +19,7 @@ from osdsr.inference import (
     blend_tiles,
     preferred_dtype,
     upscale_image,
+    upscale_image_to_samples,
     upscale_tensor,
 )
 from osdsr.models.classical import ClassicalUpsampler, bicubic_upsample
@@ -237,3 +239,44 @@ def test_preferred_dtype_is_bf16_only_on_cpus_with_native_bf16(monkeypatch: pyte
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=capabilities: caps)
         assert preferred_dtype("cpu") is expected
     assert preferred_dtype("meta") is torch.float32  # other devices: fp32
+
+
+class CountingBicubic(ClassicalUpsampler):
+    """Bicubic that records the LR height of every piece it encodes."""
+
+    def __init__(self) -> None:
+        super().__init__("bicubic")
+        self.heights: list[int] = []
+
+    def encode(self, lr: torch.Tensor) -> torch.Tensor:
+        self.heights.append(lr.shape[2])
+        return super().encode(lr)
+
+
+def test_the_result_is_written_as_samples_band_by_band_exactly_as_in_one_piece() -> None:
+    rng = np.random.default_rng(3)
+    image = LoadedImage(rng.random((300, 40, 3), dtype=np.float32), rng.random((300, 40), dtype=np.float32), 8, "PNG")
+    floats = upscale_image(ClassicalUpsampler("bicubic"), image, color_fix="none")
+    expected = np.rint(np.clip(np.concatenate([floats.pixels, floats.alpha[..., None]], axis=2), 0, 1) * 255)
+
+    whole, banded = CountingBicubic(), CountingBicubic()
+    one_piece = upscale_image_to_samples(whole, image, color_fix="none", tile=0)
+    per_row = 40 * inference._working_bytes_per_lr_pixel(banded, 4, "cpu", None)
+    fixed = 300 * 40 * 4 * (16 + 12)
+    limit = (fixed + per_row * (100 + 2 * 32)) / inference.BYTES_PER_GIB  # room for bands of 100 rows
+    banded.heights.clear()
+    in_bands = upscale_image_to_samples(banded, image, color_fix="none", tile=0, memory_limit_gib=limit)
+
+    assert whole.heights[1:] == [300] and banded.heights[1:] == [132, 164, 132]  # after the probe: 100-row bands + context
+    for result in (one_piece, in_bands):
+        assert result.pixels.dtype == np.uint8 and result.pixels.shape == (1200, 160, 3)
+        np.testing.assert_array_equal(np.concatenate([result.pixels, result.alpha[..., None]], axis=2), expected)
+
+
+def test_an_image_whose_result_cannot_fit_is_one_clear_error_before_anything_is_allocated() -> None:
+    image = LoadedImage(np.zeros((300, 400, 3), np.float32))
+    with pytest.raises(ValueError, match=r"400x300 needs about 0.0\d+ GiB for its 1600x1200 result .* above the memory "
+                                         r"limit of 0.001 GiB; raise --max-memory .* or split the image"):
+        upscale_image_to_samples(ClassicalUpsampler("bicubic"), image, memory_limit_gib=0.001)
+    with pytest.raises(ValueError, match="--color-fix adain needs the whole result at once"):
+        upscale_image_to_samples(ClassicalUpsampler("bicubic"), image, memory_limit_gib=0.04, color_fix="adain")

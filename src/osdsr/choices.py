@@ -21,5 +21,6 @@ IMAGE_FORMATS: dict[str, str] = {
 FORMAT_SUFFIX: dict[str, str] = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
 
 COLOR_FIXES = ("wavelet", "adain", "none")  # osdsr.color_fix
+DEFAULT_MEMORY_LIMIT_GIB = 2.0  # osdsr.inference: one image's result and working buffers (tile activations on top)
 
 METRIC_NAMES = ("psnr", "ssim", "niqe", "lpips", "dists", "musiq", "maniqa", "clipiqa")  # osdsr.metrics.registry

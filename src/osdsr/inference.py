@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from osdsr.choices import COLOR_FIXES
+from osdsr.choices import COLOR_FIXES, DEFAULT_MEMORY_LIMIT_GIB
 from osdsr.color_fix import adain_color_fix_, wavelet_color_fix
 from osdsr.data.image_io import LoadedImage, image_to_tensor, tensor_to_image
 from osdsr.models.classical import bicubic_upsample
@@ -36,6 +36,8 @@ STATISTICS_BAND_ROWS = 64  # LR rows per band when measuring the bicubic referen
 BICUBIC_CONTEXT = 2  # LR pixels on each side that a bicubic output sample reads
 
 ProgressCallback = Callable[[int, int], None]  # (tiles done, tiles in total) over all stages
+BYTES_PER_GIB = 1 << 30
+MIN_BAND_ROWS = 64  # LR rows: a thinner band would spend most of its work on the context around it
 
 
 @dataclass(frozen=True)
@@ -370,3 +372,81 @@ def upscale_image(model: SRModel, image: LoadedImage, *, device: torch.device | 
     color_channels = image.pixels.shape[2]
     alpha = hr[..., color_channels] if image.alpha is not None else None
     return dataclasses.replace(image, pixels=np.ascontiguousarray(hr[..., :color_channels]), alpha=alpha)
+
+
+def upscale_image_to_samples(
+    model: SRModel,
+    image: LoadedImage,
+    *,
+    bit_depth: int = 8,
+    memory_limit_gib: float = DEFAULT_MEMORY_LIMIT_GIB,
+    device: torch.device | str = "cpu",
+    tile_overlap: int = 32,
+    **options,
+) -> LoadedImage:
+    """``upscale_image`` with the result as ``bit_depth`` samples (uint8 / uint16), written into one canvas.
+
+    No image-sized float copy of the result is made: an image whose working buffers (latent canvases,
+    the float result) would exceed ``memory_limit_gib`` with its result runs in horizontal bands, each
+    through the whole pipeline with ``tile_overlap`` LR rows of context above and below that are cut
+    away (exact for models that see no farther; others differ from one piece only at band seams, as at
+    tile seams). An image whose result cannot fit raises a ``ValueError`` saying what it needs; so does
+    ``color_fix="adain"`` on a banded image (its statistics are over the whole result).
+    """
+    planes = image.pixels if image.alpha is None else np.concatenate([image.pixels, image.alpha[..., None]], axis=2)
+    height, width, channels = planes.shape
+    scale = model.scale
+    sample_type = np.uint16 if bit_depth == 16 else np.uint8
+    fixed = height * width * channels * (scale * scale * np.dtype(sample_type).itemsize + 3 * 4)  # result, input x3
+    per_row = width * _working_bytes_per_lr_pixel(model, channels, device, options.get("dtype"))
+    context = -(-tile_overlap // model.lr_multiple) * model.lr_multiple
+    limit = memory_limit_gib * BYTES_PER_GIB
+    rows = height
+    if fixed + per_row * height > limit:  # in bands of rows, each with its context
+        rows = (int((limit - fixed) // per_row) - 2 * context) // model.lr_multiple * model.lr_multiple
+    if rows < min(height, MIN_BAND_ROWS):
+        need = (fixed + per_row * min(height, MIN_BAND_ROWS + 2 * context)) / BYTES_PER_GIB
+        raise ValueError(
+            f"{width}x{height} needs about {need:.3g} GiB for its {width * scale}x{height * scale} result and working "
+            f"buffers, above the memory limit of {memory_limit_gib:g} GiB; raise --max-memory if this machine has "
+            "the memory, or split the image into parts"
+        )
+    if rows < height and options.get("color_fix") == "adain":
+        raise ValueError(
+            f"{width}x{height}: --color-fix adain needs the whole result at once, about "
+            f"{(fixed + per_row * height) / BYTES_PER_GIB:.3g} GiB, above the memory limit of {memory_limit_gib:g} GiB; "
+            "use --color-fix wavelet or raise --max-memory"
+        )
+    canvas = np.empty((height * scale, width * scale, channels), dtype=sample_type)
+    lr = image_to_tensor(planes).to(device)
+    for top in range(0, height, rows):
+        first, last = max(0, top - context), min(height, top + rows + context)
+        hr = upscale_tensor(model, lr[:, :, first:last], tile_overlap=tile_overlap, **options)
+        keep = hr[0, :, (top - first) * scale : (min(height, top + rows) - first) * scale]
+        canvas[top * scale : top * scale + keep.shape[1]] = _samples(keep, bit_depth)
+        del hr, keep
+    color_channels = image.pixels.shape[2]
+    pixels = canvas if image.alpha is None else np.ascontiguousarray(canvas[..., :color_channels])
+    alpha = None if image.alpha is None else np.ascontiguousarray(canvas[..., color_channels])
+    return dataclasses.replace(image, pixels=pixels, alpha=alpha, bit_depth=bit_depth)
+
+
+def _working_bytes_per_lr_pixel(
+    model: SRModel, channels: int, device: torch.device | str, dtype: torch.dtype | None
+) -> int:
+    """Float32 bytes per LR pixel of one piece's image-sized buffers: the condition and denoised latent
+    canvases, the noise, and the result with one copy of it (gray, alpha); the model's latent width is
+    read from one encode of its smallest input."""
+    side = model.lr_multiple
+    with torch.inference_mode():
+        latent = model.encode(torch.zeros(1, 3, side, side, device=device, dtype=dtype or torch.float32))
+    latent_pixels = latent.shape[2] * latent.shape[3] / (side * side)
+    per_pixel = (2 * latent.shape[1] + model.noise_channels) * latent_pixels + 2 * max(channels, 3) * model.scale**2
+    return int(4 * per_pixel)
+
+
+def _samples(hr: torch.Tensor, bit_depth: int) -> np.ndarray:
+    """``[C, h, w]`` float in [0, 1] -> ``h x w x C`` samples, rounded as ``save_image`` rounds floats."""
+    top = 65535.0 if bit_depth == 16 else 255.0
+    values = hr.float().clamp(0.0, 1.0).mul_(top).round_()
+    return values.to(torch.int32 if bit_depth == 16 else torch.uint8).permute(1, 2, 0).cpu().numpy()

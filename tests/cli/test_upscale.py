@@ -230,7 +230,7 @@ def test_an_unwritable_output_folder_is_one_line_before_any_image_is_computed(
     import osdsr.inference
 
     computed = []
-    monkeypatch.setattr(osdsr.inference, "upscale_image", lambda *a, **k: computed.append(a))
+    monkeypatch.setattr(osdsr.inference, "upscale_image_to_samples", lambda *a, **k: computed.append(a))
 
     def read_only(*args: object, **kwargs: object) -> tuple[int, str]:
         raise OSError(errno.EROFS, "Read-only file system", str(kwargs.get("dir")) + "/.tmp")
@@ -238,8 +238,8 @@ def test_an_unwritable_output_folder_is_one_line_before_any_image_is_computed(
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     assert _upscale(good_folder, "-o", tmp_path / "out") == 2
     errors = _error_lines(capsys.readouterr().err)
-    assert errors == [f"osdsr upscale: error: {tmp_path / 'out'}: cannot write (read-only file system: choose an "
-                      "output folder on a writable disk)"]
+    assert errors == [(f"osdsr upscale: error: {tmp_path / 'out'}: cannot write (read-only file system: choose an "
+                       "output folder on a writable disk)")]
     assert computed == []
 
 
@@ -288,14 +288,14 @@ def test_a_file_another_process_writes_meanwhile_is_kept_and_reported_skipped(
     import osdsr.inference
 
     out = tmp_path / "out"
-    original = osdsr.inference.upscale_image
+    original = osdsr.inference.upscale_image_to_samples
 
     def racing(*args: object, **kwargs: object) -> object:
         result = original(*args, **kwargs)
         (out / "odd.png").write_bytes(b"the other process's result")  # it finished first
         return result
 
-    monkeypatch.setattr(osdsr.inference, "upscale_image", racing)
+    monkeypatch.setattr(osdsr.inference, "upscale_image_to_samples", racing)
     assert _upscale(good_folder / "odd.png", "-o", out) == 0
     captured = capsys.readouterr()
     assert "skipped" in captured.err and "written meanwhile by another process" in captured.err
@@ -311,7 +311,7 @@ def test_temporary_files_of_a_killed_upscale_are_removed_on_the_next(good_folder
 
     out = tmp_path / "out"
     out.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     orphan = out / f".photo.png.{dead.stdout.strip()}.x1y2z3.tmp"
     others = [out / ".photo.png.tmp", out / f".photo.png.{os.getpid()}.live00.tmp", out / "notes.tmp"]
     for path in (orphan, *others):
@@ -330,8 +330,8 @@ def test_a_gif_in_a_folder_is_upscaled_and_its_extra_frames_are_named(
         assert _upscale(good_folder, "-o", out, "--format", "same") == 0
     assert sorted(p.name for p in out.iterdir()) == ["anim.png", "odd.png", "photo.jpg"]
     assert [m for m in caplog.messages if "anim.gif" in m] == [
-        f"{good_folder / 'anim.gif'}: has 3 frames; only the first is used (split it into single images to process "
-        "every frame)"
+        (f"{good_folder / 'anim.gif'}: has 3 frames; only the first is used (split it into single images to process "
+         "every frame)")
     ]
 
 
@@ -342,3 +342,18 @@ def test_dtype_auto_is_bf16_for_networks_on_cpus_with_native_bf16(monkeypatch: p
         assert upscale_command.check_dtype("auto", cpu, "default") is network_dtype
         assert upscale_command.check_dtype("auto", cpu, "bicubic") is torch.float32  # no network to speed up
         assert upscale_command.check_dtype("fp32", cpu, "default") is torch.float32
+
+
+def test_an_image_too_large_for_the_memory_limit_fails_alone_and_the_batch_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_rgb(300, 400, seed=1)).save(folder / "large.png")
+    Image.fromarray(_rgb(12, 10, seed=2)).save(folder / "small.png")
+    out = tmp_path / "out"
+    assert _upscale(folder, "-o", out, "--max-memory", "0.001") == 1
+    err = capsys.readouterr().err
+    failed = [line for line in _error_lines(err) if "failed:" in line]
+    assert len(failed) == 1 and f"{folder / 'large.png'}: 400x300 needs about" in failed[0] and "--max-memory" in failed[0]
+    assert "1 written, 0 skipped, 1 failed" in err and [p.name for p in out.iterdir()] == ["small.png"]

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from osdsr.choices import COLOR_FIXES, FORMAT_SUFFIX, IMAGE_FORMATS
+from osdsr.choices import (
+    COLOR_FIXES,
+    DEFAULT_MEMORY_LIMIT_GIB,
+    FORMAT_SUFFIX,
+    IMAGE_FORMATS,
+)
 from osdsr.cli import CommandError
 
 if TYPE_CHECKING:
@@ -50,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="N",
                         help="tile side in LR pixels for large images; 0 processes each image in one piece; "
                              "models with an SD VAE on a GPU want 128-256 (default: %(default)s)")
+    parser.add_argument("--max-memory", type=float, default=DEFAULT_MEMORY_LIMIT_GIB, metavar="GIB",
+                        help="memory for one image's result and working buffers; a larger image runs in bands of "
+                             "rows, one whose result cannot fit fails with a message (the model's activations per "
+                             "tile come on top: about 1.5 GiB at --tile 512 with the default model) "
+                             "(default: %(default)s)")
     parser.add_argument("--tile-overlap", type=int, default=32, metavar="N",
                         help="overlap of neighbouring tiles in LR pixels, blended with Gaussian weights "
                              "(default: %(default)s)")
@@ -127,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=device,
         dtype=dtype,
+        max_memory_gib=args.max_memory,
     )
 
     def say(message: str) -> None:
@@ -181,6 +192,7 @@ class UpscaleSettings:
     batch_size: int = 1
     device: torch.device | str = "cpu"
     dtype: torch.dtype | None = None  # None: the model's own
+    max_memory_gib: float = DEFAULT_MEMORY_LIMIT_GIB  # one image's result and working buffers
 
 
 def upscale_file(
@@ -197,14 +209,17 @@ def upscale_file(
     the file when it cannot be read, upscaled or written."""
     import torch
 
-    from osdsr.data.image_io import load_image, save_image
-    from osdsr.inference import upscale_image
+    from osdsr.data.image_io import SIXTEEN_BIT_FORMATS, load_image, save_image
+    from osdsr.inference import upscale_image_to_samples
 
     image = load_image(source)
     target.parent.mkdir(parents=True, exist_ok=True)
-    result = upscale_image(
+    sixteen_bit = image.bit_depth == 16 and IMAGE_FORMATS.get(target.suffix.lower()) in SIXTEEN_BIT_FORMATS
+    result = upscale_image_to_samples(
         model,
         image,
+        bit_depth=16 if sixteen_bit else 8,
+        memory_limit_gib=settings.max_memory_gib,
         device=settings.device,
         tile=settings.tile,
         tile_overlap=settings.tile_overlap,
@@ -223,6 +238,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise CommandError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not args.max_memory > 0:
+        raise CommandError(f"--max-memory must be a positive number of GiB, got {args.max_memory}")
     if args.steps is not None and args.steps < 1:
         raise CommandError(f"--steps must be at least 1, got {args.steps}")
     if Path(args.suffix).name != args.suffix or args.suffix in (".", ".."):

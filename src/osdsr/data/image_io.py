@@ -44,7 +44,8 @@ METADATA_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "TIFF"})  # store an ICC pr
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """An upright image: ``pixels`` HxWxC float32 in [0, 1] with C = 1 (gray) or 3 (RGB)."""
+    """An upright image: ``pixels`` HxWxC float32 in [0, 1] with C = 1 (gray) or 3 (RGB); a result of
+    ``upscale_image_to_samples`` holds uint8 / uint16 samples of its ``bit_depth`` instead."""
 
     pixels: np.ndarray
     alpha: np.ndarray | None = None  # HxW float32 in [0, 1], or None when the image is opaque
@@ -255,8 +256,13 @@ def _with_alpha(image: LoadedImage) -> np.ndarray:
 
 
 def _quantize(samples: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Float samples in [0, 1] (or integer samples of another depth) as ``bit_depth`` samples."""
     top = 65535 if bit_depth == 16 else 255
     dtype = np.uint16 if bit_depth == 16 else np.uint8
+    if samples.dtype == dtype:  # already samples of this depth (osdsr.inference.upscale_image_to_samples)
+        return samples
+    if np.issubdtype(samples.dtype, np.integer):
+        samples = samples.astype(np.float32) / np.iinfo(samples.dtype).max
     return np.rint(np.clip(samples, 0.0, 1.0) * top).astype(dtype)
 
 
