@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -126,9 +124,7 @@ def _degrade_file(path: Path, lr_dir: Path, hr_dir: Path, args: argparse.Namespa
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
+    from osdsr.weights_io import atomic_path
+
+    with atomic_path(path) as temporary:
         temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
