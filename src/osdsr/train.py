@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import math
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -442,9 +443,10 @@ class Trainer:
                 torch.save(state, tmp)
         except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            free = shutil.disk_usage(path.parent).free / 2**20 if path.parent.is_dir() else 0.0
             raise OSError(
-                f"{path}: could not write the checkpoint ({reason}); free disk space or choose another --output, "
-                "then rerun with --resume"
+                f"{path}: could not write the checkpoint ({reason}; {free:.1f} MiB free there); free disk space or "
+                "choose another --output, then rerun with --resume"
             ) from None
         for _, old in list_checkpoints(self.checkpoint_dir)[: -self.config.keep_checkpoints]:
             old.unlink()
