@@ -202,14 +202,14 @@ NAN_TRAINING = """
 import sys, torch
 from osdsr.cli import main
 from osdsr.train import Trainer
-original = Trainer._micro_step
+original = Trainer._train_step
 def ruining(self, *args):
     logs = original(self, *args)
     if self.step == 4:  # the update of step 5 leaves a weight at inf while its loss was finite
         with torch.no_grad():
             next(p for p in self.unwrapped_generator.parameters() if p.requires_grad).fill_(float("inf"))
     return logs
-Trainer._micro_step = ruining
+Trainer._train_step = ruining
 sys.exit(main(sys.argv[1:]))
 """
 
