@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from osdsr import model_loading
-from osdsr.model_loading import MODEL_LOADERS, LoadOptions, load_sr_model
+from osdsr import model_loading, shipped
+from osdsr.model_loading import MODEL_LOADERS, LoadOptions, default_model_dir, load_sr_model
 from osdsr.models.classical import ClassicalUpsampler
 
 
@@ -30,14 +30,15 @@ def test_classical_names(name: str) -> None:
     assert isinstance(model, ClassicalUpsampler) and model.method == name
 
 
-def test_default_falls_back_to_bicubic_with_a_warning(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr(model_loading, "default_model_dir", lambda: None)
-    with caplog.at_level(logging.WARNING):
-        model = load_sr_model("default")
-    assert isinstance(model, ClassicalUpsampler) and model.method == "bicubic"
-    assert "default model is not installed" in caplog.text
+def test_a_missing_default_model_is_an_error_not_bicubic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(shipped, "PACKAGE_ROOT", tmp_path / "site-packages" / "osdsr")
+    monkeypatch.setattr(shipped, "REPOSITORY_ROOT", tmp_path / "checkout")
+    with pytest.raises(FileNotFoundError, match="weights/default: not found in the installed package"):
+        load_sr_model("default")
+
+
+def test_the_default_model_is_shipped() -> None:
+    assert (default_model_dir() / "model.safetensors").is_file()
 
 
 def test_default_loads_the_embedded_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

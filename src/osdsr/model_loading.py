@@ -3,7 +3,7 @@
 Accepted:
 - ``bicubic`` / ``lanczos``: the classical baselines;
 - ``default``: the embedded model folder ``weights/default`` (inside the installed package, or at
-  the repository root in a source checkout); bicubic, with a warning, until it exists;
+  the repository root in a source checkout, ``osdsr.shipped``); an error when it is missing;
 - a model folder: ``config.json`` with a ``"model_type"`` key, beside ``model.safetensors``;
 - a ``.safetensors`` file whose metadata key ``osdsr_config`` holds the config (an SD-family LoRA
   export, loaded on top of the local base model given as ``pretrained``).
@@ -16,17 +16,18 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from osdsr.models.classical import CLASSICAL_INTERPOLATIONS, ClassicalUpsampler
 from osdsr.models.sr_model import SRModel
+from osdsr.shipped import shipped_path
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
+DEFAULT_MODEL_PATH = "weights/default"  # shipped with the package (osdsr.shipped)
 LORA_CONFIG_KEY = "osdsr_config"  # safetensors metadata key of an exported LoRA file
 
 
@@ -71,14 +72,15 @@ MODEL_LOADERS: dict[str, Callable[[Path, LoadOptions], SRModel]] = {
 }
 
 
-def default_model_dir() -> Path | None:
-    """The embedded model folder: packaged ``osdsr/weights/default`` first, then the repository's."""
-    packaged = Path(str(resources.files("osdsr"))) / "weights" / DEFAULT_MODEL
-    repository = Path(__file__).resolve().parents[2] / "weights" / DEFAULT_MODEL
-    for folder in (packaged, repository):
-        if (folder / "config.json").is_file():
-            return folder
-    return None
+def default_model_dir() -> Path:
+    """The embedded model folder: the installed package's ``osdsr/weights/default``, else the repository's.
+
+    Raises FileNotFoundError (one line, both places named) when it is missing.
+    """
+    folder = shipped_path(DEFAULT_MODEL_PATH)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: the embedded default model has no config.json; reinstall osdsr (pip install .)")
+    return folder
 
 
 def load_sr_model(name_or_path: str | Path, options: LoadOptions | None = None) -> SRModel:
@@ -88,11 +90,7 @@ def load_sr_model(name_or_path: str | Path, options: LoadOptions | None = None) 
     if name in CLASSICAL_INTERPOLATIONS:
         return ClassicalUpsampler(name).to(options.device)
     if name == DEFAULT_MODEL:
-        folder = default_model_dir()
-        if folder is None:
-            logger.warning("the embedded default model is not installed (weights/default): using bicubic")
-            return ClassicalUpsampler("bicubic").to(options.device)
-        return load_sr_model(folder, options)
+        return load_sr_model(default_model_dir(), options)
     path = Path(name_or_path)
     model_type = read_model_type(path)
     if model_type not in MODEL_LOADERS:

@@ -1,15 +1,12 @@
 """Training methods: each builds its networks and loss terms from its config for the one trainer.
 
 ``METHODS`` maps the ``method:`` field of a config file to (config dataclass, method builder);
-``full_config(name)`` reads the full-size settings of ``configs/<name>.yaml`` in the repository.
+``full_config(name)`` reads the full-size settings of ``configs/<name>.yaml`` (shipped with the package).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
-
-CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"  # the repository's configs/ (src layout)
 
 
 def _d3sr() -> tuple[type, Callable[[Any], Any]]:
@@ -62,6 +59,7 @@ def resolve_method(name: str) -> tuple[type, Callable[[Any], Any]]:
 def full_config(name: str) -> Any:
     """The typed config of method ``name``'s full-size ``configs/<name>.yaml`` (for complexity reports)."""
     from osdsr.config import from_dict, read_yaml
+    from osdsr.shipped import shipped_path
 
     config_class, _ = resolve_method(name)
-    return from_dict(config_class, read_yaml(CONFIGS_DIR / f"{name}.yaml"))
+    return from_dict(config_class, read_yaml(shipped_path(f"configs/{name}.yaml")))
