@@ -83,6 +83,7 @@ class TrainerConfig:
     batch_size: int = ranged(8, "[1, inf)")  # per process and micro-step
     gradient_accumulation_steps: int = ranged(1, "[1, inf)")
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False  # recompute the large networks' activations in backward (less memory)
     seed: int = ranged(0, "[0, 1e9]")
     ema_decay: float = ranged(0.0, "[0, 1)")  # 0 disables the EMA
     grad_clip: float | None = ranged(1.0, "(0, inf)")  # max gradient norm of each network per step; null: no clipping

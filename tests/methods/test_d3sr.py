@@ -220,3 +220,32 @@ def test_complexity_train_reports_both_nads_apart(
     assert data["total"]["params"] == 16  # the generator's total leaves the discriminators out
     assert main(["complexity", "d3sr", "--size", "8", "--json"]) == 0
     assert "training_only" not in json.loads(capsys.readouterr().out)
+
+
+def test_gradient_checkpointing_gives_the_same_generator_step(tiny_sd_folder: Path) -> None:
+    """UNet, VAE decoder and NAD checkpointed: the generator step (which freezes the NAD while it runs the
+    forward) gives the same gradients as without."""
+    overrides = [
+        f"generator.pretrained={tiny_sd_folder}",
+        "generator.lora={rank: 4, alpha: 4}",
+        "discriminator.kind=sd21",
+        f"discriminator.pretrained={tiny_sd_folder}",
+        "discriminator.lora={rank: 4, alpha: 4}",
+        "discriminator.channels=8",
+        "loss.adversarial_weight=1.0",
+    ]
+    gradients = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        d3sr = method(*overrides, f"trainer.gradient_checkpointing={str(checkpointing).lower()}")
+        for name, p in [*d3sr.generator.named_parameters(), *d3sr.discriminator.named_parameters()]:
+            if "lora_B" in name:  # LoRA B starts at zero: make every adapter matter
+                torch.nn.init.normal_(p, std=0.1)
+        terms, _ = d3sr.generator_losses(batch(), d3sr.generator, d3sr.discriminator, torch.Generator().manual_seed(0))
+        sum(terms.values()).backward()
+        gradients[checkpointing] = {n: p.grad for n, p in d3sr.generator.named_parameters() if p.grad is not None}
+    assert d3sr.generator.unet.is_gradient_checkpointing and d3sr.generator.autoencoder.decoder.gradient_checkpointing
+    assert d3sr.discriminator.encoder.gradient_checkpointing
+    assert gradients[False] and gradients[False].keys() == gradients[True].keys()
+    for name, gradient in gradients[False].items():
+        torch.testing.assert_close(gradients[True][name], gradient, rtol=1e-4, atol=1e-6, msg=name)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from checkpointing import assert_checkpointing_keeps_less_and_same_gradients
 from diffusers import UNet2DConditionModel
 from tiny_sd import TINY_SD_UNET, TINY_SDXL_UNET
 
@@ -146,3 +147,19 @@ def test_complexity_parts_split_lora_encoder_and_head() -> None:
     # one position (64 px -> 8x8 latent -> 1x1 mid grid): forward, weight gradients and, since the
     # encoder's LoRA lies upstream, input gradients of the two 1x1 convolutions
     assert report["head"].macs == 3 * (1280 * 512 + 512 * 1)
+
+
+@pytest.mark.parametrize("kind", ["sd21", "sdxl"])
+def test_gradient_checkpointing_keeps_less_for_backward_with_the_same_gradients(
+    kind: str, unet_folders: dict[str, Path]
+) -> None:
+    torch.manual_seed(0)
+    discriminator = nad(kind, unet_folders[kind]).train()
+    for name, p in discriminator.named_parameters():  # LoRA B starts at zero: give every adapter a gradient
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    z, t = torch.randn(2, 4, 8, 8), torch.tensor([0, 640])
+
+    assert_checkpointing_keeps_less_and_same_gradients(
+        discriminator, discriminator.enable_gradient_checkpointing, lambda: discriminator(z, t).square().mean()
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpointing import assert_checkpointing_keeps_less_and_same_gradients
 
 from osdsr.models.resshift_unet import (
     MASKED_LOGIT,
@@ -102,3 +103,16 @@ def test_tiny_runs_in_bfloat16() -> None:
 def test_config_rejects_widths_group_norm_cannot_split() -> None:
     with pytest.raises(ValueError, match="multiples of 32"):
         SwinUNetConfig(model_channels=48)
+
+
+def test_gradient_checkpointing_keeps_less_for_backward_with_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    model = SwinUNet(SwinUNetConfig.tiny()).train()
+    for p in model.parameters():  # leave the identity initialisation so every block gets a gradient
+        torch.nn.init.normal_(p, std=0.1)
+    z, lq = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+
+    def enable() -> None:
+        model.gradient_checkpointing = True
+
+    assert_checkpointing_keeps_less_and_same_gradients(model, enable, lambda: model(z, torch.tensor([3, 9]), lq).square().mean())

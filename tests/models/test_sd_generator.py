@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import torch
+from checkpointing import assert_checkpointing_keeps_less_and_same_gradients
+from tiny_sd import TINY_SD_UNET, TINY_SD_VAE
 
 from osdsr.models.sd_generator import (
     LoRAConfig,
@@ -136,3 +138,17 @@ def test_a_stored_prompt_embedding_is_used_without_running_the_text_encoder(
             patch.setattr(sd_generator, "_prompt_embedding", text_encoder_run)
             loaded, _ = load_sd_generator(tmp_path / name)
         assert torch.equal(loaded.prompt_embedding, generator.prompt_embedding), name
+
+
+def test_gradient_checkpointing_of_unet_and_vae_decoder_keeps_less_with_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    generator = build_sd_generator(tiny_config(autoencoder="kl", vae=TINY_SD_VAE, unet=TINY_SD_UNET, prompt_length=4))
+    for name, p in generator.named_parameters():  # LoRA B starts at zero: give every adapter a gradient
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+
+    assert_checkpointing_keeps_less_and_same_gradients(
+        generator, generator.enable_gradient_checkpointing, lambda: generator(x)[1].square().mean()
+    )
+    assert generator.unet.is_gradient_checkpointing and generator.autoencoder.decoder.gradient_checkpointing

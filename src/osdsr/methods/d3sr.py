@@ -30,6 +30,7 @@ from osdsr.losses.adversarial import ADVERSARIAL_LOSSES
 from osdsr.losses.edges import sobel_magnitude
 from osdsr.losses.lattice import lattice_loss
 from osdsr.models.discriminators import LatentPatchDiscriminator
+from osdsr.models.nad_discriminator import NoiseAwareDiscriminator
 from osdsr.models.sd_generator import (
     LoRAConfig,
     SDGeneratorConfig,
@@ -91,11 +92,12 @@ class D3SRConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
 
-def build_discriminator(config: DiscriminatorConfig, latent_channels: int) -> nn.Module | None:
+def build_discriminator(config: DiscriminatorConfig, latent_channels: int, random_init: bool = False) -> nn.Module | None:
     """The configured discriminator (None for kind 'none').
 
     The plain CNN judges RGB images (pixel space, as in D3SR Table 6); the others judge noised
-    latents of ``latent_channels``.
+    latents of ``latent_channels``. ``random_init``: a NAD without ``pretrained`` is the full-size
+    architecture with random weights (memory estimates) instead of an error.
     """
     if config.kind == "none":
         return None
@@ -105,7 +107,7 @@ def build_discriminator(config: DiscriminatorConfig, latent_channels: int) -> nn
         return LatentPatchDiscriminator(latent_channels, config.channels, config.num_layers, time_conditioned=True)
     from osdsr.models.nad_discriminator import build_nad_discriminator
 
-    return build_nad_discriminator(config, latent_channels)
+    return build_nad_discriminator(config, latent_channels, random_init=random_init)
 
 
 ComplexityParts = dict[str, tuple[nn.Module, Callable[[], tuple[torch.Tensor, ...]]]]
@@ -123,7 +125,9 @@ def discriminator_complexity_parts(size: int) -> dict[str, ComplexityParts]:
 class D3SRMethod:
     """Builds the generator, discriminator and losses of D3SR / DFOSD for the one trainer."""
 
-    def __init__(self, config: D3SRConfig) -> None:
+    def __init__(self, config: D3SRConfig, random_init: bool = False) -> None:
+        """``random_init``: a NAD without ``discriminator.pretrained`` gets random full-size weights
+        (for memory estimates on fake tensors, ``osdsr.memory``) instead of an error."""
         from osdsr.losses.perceptual import build_perceptual_loss
 
         self.config = config
@@ -140,7 +144,11 @@ class D3SRMethod:
             raise ValueError(
                 f"discriminator.max_timestep {config.discriminator.max_timestep} must be in [0, {schedule_steps}]"
             )
-        self.discriminator = build_discriminator(config.discriminator, latent_channels)
+        self.discriminator = build_discriminator(config.discriminator, latent_channels, random_init)
+        if config.trainer.gradient_checkpointing:
+            self.generator.enable_gradient_checkpointing()
+            if isinstance(self.discriminator, NoiseAwareDiscriminator):
+                self.discriminator.enable_gradient_checkpointing()
         self.warmup_steps = {"generator": config.optimizer.warmup_steps, "discriminator": config.discriminator.warmup_steps}
         loss = config.loss
         self.perceptual = (

@@ -120,11 +120,16 @@ class ResShiftMethod:
 
     discriminator = None
 
-    def __init__(self, config: ResShiftTrainConfig) -> None:
+    def __init__(self, config: ResShiftTrainConfig, autoencoder: nn.Module | None = None) -> None:
+        """``autoencoder``: a prebuilt frozen one (e.g. on ``meta`` for memory estimates) instead of
+        ``config.autoencoder_path``'s."""
         self.config = config
         self.model_config = config.model_config()
-        self.autoencoder = load_frozen_autoencoder(self.model_config, config.autoencoder_path)
+        self.autoencoder = (
+            autoencoder if autoencoder is not None else load_frozen_autoencoder(self.model_config, config.autoencoder_path)
+        )
         self.generator = SwinUNet(config.denoiser)
+        self.generator.gradient_checkpointing = config.trainer.gradient_checkpointing
         self.schedule = ResShiftSchedule.from_config(config.schedule)
         self.loss_weights = mse_loss_weights(self.schedule).float() if config.loss.weighted_mse else None
         self.warmup_steps = {"generator": config.optimizer.warmup_steps}

@@ -17,6 +17,7 @@ teacher's multi-step deterministic output:
   --model`` runs in one deterministic step;
 - ``StudentOptimizerConfig`` / ``StudentMethod``: the optimiser settings and the generic method parts
   (optimisers, SR model for validation, export) that the three methods would otherwise repeat.
+- ``official_teacher(steps)``: the official architecture with random weights (memory estimates);
 - ``meta_teacher(steps)`` / ``teacher_complexity_parts(teacher, size)``: the official full-size teacher on
   ``meta`` and its distillation target as a part, for ``osdsr complexity --train``.
 
@@ -232,11 +233,16 @@ def export_student(student: nn.Module, teacher: Teacher, path: str | Path, model
 TEACHER_NETWORK = "teacher (ResShift denoiser, frozen)"  # its name in osdsr complexity --train
 
 
-def meta_teacher(steps: int) -> Teacher:
-    """The official full-size ResShift teacher (``ResShiftModelConfig()``) on ``meta``: nothing is allocated."""
-    with torch.device("meta"):
-        model = build_resshift_sr_model(ResShiftModelConfig())
+def official_teacher(steps: int) -> Teacher:
+    """The official full-size ResShift teacher's architecture (``ResShiftModelConfig()``), random weights."""
+    model = build_resshift_sr_model(ResShiftModelConfig())
     return Teacher(model.config, model.denoiser, model.autoencoder, steps)
+
+
+def meta_teacher(steps: int) -> Teacher:
+    """``official_teacher(steps)`` on ``meta``: nothing is allocated."""
+    with torch.device("meta"):
+        return official_teacher(steps)
 
 
 def teacher_complexity_parts(teacher: Teacher, size: int) -> Parts:
@@ -280,9 +286,13 @@ class StudentMethod:
         optimizer: StudentOptimizerConfig,
         discriminator_lr: float | None = None,
         discriminator_warmup_steps: int = 0,
+        gradient_checkpointing: bool = False,
     ) -> None:
         self.teacher = teacher
         self.generator = student_from_teacher(teacher)
+        # the teacher too: a generator step back-propagates through it when it judges the student (TAD-SR)
+        for denoiser in (self.generator, teacher.denoiser):
+            denoiser.gradient_checkpointing = gradient_checkpointing
         self.optimizer_config = optimizer
         self.discriminator_lr = discriminator_lr
         self.warmup_steps = {"generator": optimizer.warmup_steps, "discriminator": discriminator_warmup_steps}

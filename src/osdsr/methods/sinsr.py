@@ -35,6 +35,7 @@ from osdsr.methods.resshift_family import (
     TEACHER_NETWORK,
     StudentMethod,
     StudentOptimizerConfig,
+    Teacher,
     TeacherConfig,
     load_teacher,
     meta_teacher,
@@ -80,8 +81,13 @@ class SinSRMethod(StudentMethod):
 
     model_type = "sinsr"
 
-    def __init__(self, config: SinSRConfig) -> None:
-        super().__init__(load_teacher(config.teacher), config.optimizer)
+    def __init__(self, config: SinSRConfig, teacher: Teacher | None = None) -> None:
+        """``teacher``: a prebuilt one (e.g. on ``meta`` for memory estimates) instead of ``config.teacher.path``."""
+        super().__init__(
+            teacher if teacher is not None else load_teacher(config.teacher),
+            config.optimizer,
+            gradient_checkpointing=config.trainer.gradient_checkpointing,
+        )
         self.config = config
 
     def _forward(self, generator: nn.Module, z_T: torch.Tensor, lr_cond: torch.Tensor) -> torch.Tensor:

@@ -183,12 +183,14 @@ class TADSRMethod(StudentMethod):
 
     model_type = "tadsr"
 
-    def __init__(self, config: TADSRConfig) -> None:
+    def __init__(self, config: TADSRConfig, teacher: Teacher | None = None) -> None:
+        """``teacher``: a prebuilt one (e.g. on ``meta`` for memory estimates) instead of ``config.teacher.path``."""
         super().__init__(
-            load_teacher(config.teacher),
+            teacher if teacher is not None else load_teacher(config.teacher),
             config.optimizer,
             discriminator_lr=config.discriminator.lr,
             discriminator_warmup_steps=config.discriminator.warmup_steps,
+            gradient_checkpointing=config.trainer.gradient_checkpointing,
         )
         self.config = config
         first, last = config.loss.hsd_steps

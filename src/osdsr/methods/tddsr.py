@@ -41,6 +41,7 @@ from osdsr.methods.resshift_family import (
     TEACHER_NETWORK,
     StudentMethod,
     StudentOptimizerConfig,
+    Teacher,
     TeacherConfig,
     export_student,
     load_teacher,
@@ -161,12 +162,14 @@ class TDDSRMethod(StudentMethod):
 
     model_type = "tddsr"
 
-    def __init__(self, config: TDDSRConfig) -> None:
+    def __init__(self, config: TDDSRConfig, teacher: Teacher | None = None) -> None:
+        """``teacher``: a prebuilt one (e.g. on ``meta`` for memory estimates) instead of ``config.teacher.path``."""
         super().__init__(
-            load_teacher(config.teacher),
+            teacher if teacher is not None else load_teacher(config.teacher),
             config.optimizer,
             discriminator_lr=config.discriminator_lr,
             discriminator_warmup_steps=config.discriminator_warmup_steps,
+            gradient_checkpointing=config.trainer.gradient_checkpointing,
         )
         self.config = config
         loss = config.loss

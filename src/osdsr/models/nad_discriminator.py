@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from osdsr.models.sd_generator import SD21_UNET_CONFIG, lora_targets
 
@@ -93,6 +94,7 @@ class UNetEncoder(nn.Module):
         self.down_blocks = unet.down_blocks
         self.mid_block = unet.mid_block
         self.cross_attention_dim: int = config.cross_attention_dim
+        self.gradient_checkpointing = False  # recompute each block's activations in backward
         self.out_channels: int = config.block_out_channels[-1]
         self.text_embed_dim = (
             config.projection_class_embeddings_input_dim - SDXL_TIME_IDS * config.addition_time_embed_dim
@@ -120,12 +122,22 @@ class UNetEncoder(nn.Module):
         hidden = self.conv_in(sample)
         for block in self.down_blocks:
             if getattr(block, "has_cross_attention", False):
-                hidden, _ = block(hidden_states=hidden, temb=emb, encoder_hidden_states=encoder_hidden_states)
+                hidden, _ = self._run(block, hidden_states=hidden, temb=emb, encoder_hidden_states=encoder_hidden_states)
             else:
-                hidden, _ = block(hidden_states=hidden, temb=emb)
+                hidden, _ = self._run(block, hidden_states=hidden, temb=emb)
         if getattr(self.mid_block, "has_cross_attention", False):
-            return self.mid_block(hidden, emb, encoder_hidden_states=encoder_hidden_states)
-        return self.mid_block(hidden, emb)
+            return self._run(self.mid_block, hidden, emb, encoder_hidden_states=encoder_hidden_states)
+        return self._run(self.mid_block, hidden, emb)
+
+    def _run(self, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        """``block(*args, **kwargs)``, checkpointed when ``gradient_checkpointing`` is on and the block's
+        weights train. The generator step freezes them only while it runs the forward
+        (``osdsr.train.gradients_off``); a recomputation in its backward would see them trainable again
+        and keep other tensors than the forward did, so there the block runs plain."""
+        trains = any(p.requires_grad for p in block.parameters())
+        if self.gradient_checkpointing and trains and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False, **kwargs)
+        return block(*args, **kwargs)
 
 
 class NoiseAwareDiscriminator(nn.Module):
@@ -146,6 +158,10 @@ class NoiseAwareDiscriminator(nn.Module):
             nn.SiLU(),
             nn.Conv2d(head_channels, 1, 1),
         )
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the encoder's block activations in backward instead of keeping them."""
+        self.encoder.gradient_checkpointing = True
 
     def _add_embedding(self, name: str, value: torch.Tensor, learnable: bool) -> None:
         if learnable:
@@ -191,12 +207,16 @@ def _unet_folder(config: DiscriminatorConfig) -> Path:
 
 
 def build_nad_discriminator(
-    config: DiscriminatorConfig, latent_channels: int, device: torch.device | str | None = None
+    config: DiscriminatorConfig,
+    latent_channels: int,
+    device: torch.device | str | None = None,
+    random_init: bool = False,
 ) -> NoiseAwareDiscriminator:
     """The NAD of ``config.kind`` (sd21 / sdxl) from the local folder ``config.pretrained``.
 
-    On ``device="meta"`` nothing is allocated; without ``pretrained`` the full-size architecture of
-    the kind (``NAD_ARCHITECTURES``) is used (for complexity reports).
+    On ``device="meta"`` nothing is allocated; there, or with ``random_init`` (memory estimates on fake
+    tensors), a config without ``pretrained`` gets the kind's full-size architecture
+    (``NAD_ARCHITECTURES``) with random weights.
     """
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig, inject_adapter_in_model
@@ -204,7 +224,8 @@ def build_nad_discriminator(
     if config.kind not in NAD_ARCHITECTURES:
         raise ValueError(f"discriminator.kind {config.kind!r} is not a NAD kind; one of {sorted(NAD_ARCHITECTURES)}")
     meta = device is not None and torch.device(device).type == "meta"
-    if meta and config.pretrained is None:
+    from_architecture = (meta or random_init) and config.pretrained is None
+    if from_architecture:
         source, architecture = f"the {config.kind} architecture", NAD_ARCHITECTURES[config.kind]
     else:
         folder = _unet_folder(config)
@@ -226,6 +247,8 @@ def build_nad_discriminator(
     if meta:
         with torch.device("meta"):
             unet = UNet2DConditionModel(**architecture)
+    elif from_architecture:
+        unet = UNet2DConditionModel(**architecture)
     else:
         unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True)
     encoder = UNetEncoder(unet).requires_grad_(False)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from osdsr.config import ranged
 
@@ -341,6 +342,8 @@ class SwinUNet(nn.Module):
                 self.output_blocks.append(TimestepSequential(*layers))
 
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(ch, config.latent_channels, 3, padding=1))
+        # recompute each block's activations in backward instead of keeping them (less memory, ~1/3 more compute)
+        self.gradient_checkpointing = False
 
     @property
     def size_multiple(self) -> int:
@@ -358,9 +361,15 @@ class SwinUNet(nn.Module):
         h = torch.cat([sample, lq.to(sample.dtype)], dim=1)
         skips = []
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = self.run_block(block, h, emb)
             skips.append(h)
-        h = self.middle_block(h, emb)
+        h = self.run_block(self.middle_block, h, emb)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = self.run_block(block, torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)
+
+    def run_block(self, block: TimestepSequential, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """One block, checkpointed (activations recomputed in backward) when ``gradient_checkpointing`` is on."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)

@@ -138,6 +138,12 @@ class SDOneStepGenerator(nn.Module):
             return self.autoencoder.factor
         return 2 ** (len(self.autoencoder.config.block_out_channels) - 1)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the UNet's and the VAE decoder's activations in backward (diffusers' checkpointing)."""
+        self.unet.enable_gradient_checkpointing()
+        if not isinstance(self.autoencoder, PixelUnshuffleAutoencoder):
+            self.autoencoder.enable_gradient_checkpointing()
+
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """z = E(x) * scaling factor (the posterior mode for the KL autoencoder)."""
         if isinstance(self.autoencoder, PixelUnshuffleAutoencoder):

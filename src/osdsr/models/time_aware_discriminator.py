@@ -89,10 +89,10 @@ def teacher_encoder_features(
     h = torch.cat([sample, lq.to(sample.dtype)], dim=1)
     features = []
     for index, block in enumerate(denoiser.input_blocks):
-        h = block(h, emb)
+        h = denoiser.run_block(block, h, emb)
         if index in keep:
             features.append(h)
-    features.append(denoiser.middle_block(h, emb))
+    features.append(denoiser.run_block(denoiser.middle_block, h, emb))
     return features
 
 
