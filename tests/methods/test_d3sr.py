@@ -19,7 +19,7 @@ from osdsr.losses.lattice import lattice_loss
 from osdsr.methods.d3sr import D3SRMethod
 from osdsr.models import nad_discriminator
 from osdsr.models.sd_generator import upsample_lr
-from osdsr.train import step_generator
+from osdsr.train import gradients_off, step_generator
 
 TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "d3sr-tiny.yaml"
 CPU = torch.device("cpu")
@@ -223,8 +223,8 @@ def test_complexity_train_reports_both_nads_apart(
 
 
 def test_gradient_checkpointing_gives_the_same_generator_step(tiny_sd_folder: Path) -> None:
-    """UNet, VAE decoder and NAD checkpointed: the generator step (which freezes the NAD while it runs the
-    forward) gives the same gradients as without."""
+    """UNet, VAE decoder and NAD checkpointed: the generator step (which freezes the NAD's weights for its
+    forward and backward) gives the same gradients as without."""
     overrides = [
         f"generator.pretrained={tiny_sd_folder}",
         "generator.lora={rank: 4, alpha: 4}",
@@ -241,8 +241,11 @@ def test_gradient_checkpointing_gives_the_same_generator_step(tiny_sd_folder: Pa
         for name, p in [*d3sr.generator.named_parameters(), *d3sr.discriminator.named_parameters()]:
             if "lora_B" in name:  # LoRA B starts at zero: make every adapter matter
                 torch.nn.init.normal_(p, std=0.1)
-        terms, _ = d3sr.generator_losses(batch(), d3sr.generator, d3sr.discriminator, torch.Generator().manual_seed(0))
-        sum(terms.values()).backward()
+        rng = torch.Generator().manual_seed(0)
+        outputs = d3sr.generator_outputs(batch(), d3sr.generator, rng)
+        with gradients_off([p for p in d3sr.discriminator.parameters() if p.requires_grad]):  # as the trainer does
+            terms = d3sr.generator_losses(batch(), outputs, d3sr.discriminator, rng)
+            sum(terms.values()).backward()
         gradients[checkpointing] = {n: p.grad for n, p in d3sr.generator.named_parameters() if p.grad is not None}
     assert d3sr.generator.unet.is_gradient_checkpointing and d3sr.generator.autoencoder.decoder.gradient_checkpointing
     assert d3sr.discriminator.encoder.gradient_checkpointing

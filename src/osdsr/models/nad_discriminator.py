@@ -130,12 +130,10 @@ class UNetEncoder(nn.Module):
         return self._run(self.mid_block, hidden, emb)
 
     def _run(self, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        """``block(*args, **kwargs)``, checkpointed when ``gradient_checkpointing`` is on and the block's
-        weights train. The generator step freezes them only while it runs the forward
-        (``osdsr.train.gradients_off``); a recomputation in its backward would see them trainable again
-        and keep other tensors than the forward did, so there the block runs plain."""
-        trains = any(p.requires_grad for p in block.parameters())
-        if self.gradient_checkpointing and trains and torch.is_grad_enabled():
+        """``block(*args, **kwargs)``, checkpointed when ``gradient_checkpointing`` is on. The recomputation
+        in backward must see the weights as the forward did: the generator step freezes them for both
+        (``osdsr.train.gradients_off`` around its forward and backward)."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpoint(block, *args, use_reentrant=False, **kwargs)
         return block(*args, **kwargs)
 
