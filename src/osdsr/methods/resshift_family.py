@@ -27,7 +27,6 @@ live on the LR grid (f4 autoencoder, x4 SR).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 from dataclasses import dataclass
@@ -127,8 +126,10 @@ def load_teacher(config: TeacherConfig) -> Teacher:
 
 
 def student_from_teacher(teacher: Teacher) -> SwinUNet:
-    """A trainable deep copy of the teacher's denoiser, in train mode."""
-    student = copy.deepcopy(teacher.denoiser)
+    """A trainable copy of the teacher's denoiser, in train mode (built and loaded rather than deep-copied,
+    which also works on the fake tensors of memory estimates)."""
+    student = SwinUNet(teacher.denoiser.config)
+    student.load_state_dict(teacher.denoiser.state_dict())
     student.requires_grad_(True)
     return student.train()
 
