@@ -2,12 +2,14 @@
 
 The method is built from its config with random full-size weights under
 ``torch._subclasses.fake_tensor.FakeTensorMode`` (tensors with shapes, dtypes and a device, but no data),
-and one optimiser step of the trainer's loop (``osdsr.train.Trainer``: generator losses, backward,
-clipping, optimiser step; then the discriminator's), after the optimisers' state exists, runs on a fake batch, under CPU autocast for mixed
+and one optimiser step of the trainer's generator-first round (``osdsr.train.Trainer``: generator outputs,
+its losses and backward, the discriminator's losses and backward, clipping, both optimiser steps),
+after the optimisers' state exists, runs on a fake batch, under CPU autocast for mixed
 precision. A dispatch mode counts every tensor storage the steps create, and frees it when the storage
 dies: activations kept for backward, their recomputation under gradient checkpointing, gradients,
 optimiser state, autocast's weight copies and temporaries. The peak of that count plus the weights
-(frozen weights at the mixed-precision dtype, trainable ones in fp32, buffers) is the estimate.
+(in the dtypes the method keeps them: D3SR/DFOSD read their frozen pretrained networks in the
+mixed-precision dtype) is the estimate.
 
 Not counted: the framework's own memory (CUDA context, allocator caching and fragmentation; on a CPU,
 the interpreter and libraries), the data pipeline, and the transient peak of loading weights.
@@ -102,8 +104,8 @@ def method_modules(method: Any) -> list[nn.Module]:
     return [value for value in vars(method).values() if isinstance(value, nn.Module)]
 
 
-def place_frozen(modules: list[nn.Module], dtype: torch.dtype | None) -> None:
-    """Frozen floating-point parameters to ``dtype`` (trainable ones stay fp32), as under mixed precision."""
+def cast_frozen(modules: list[nn.Module], dtype: torch.dtype | None) -> None:
+    """Frozen floating-point parameters to ``dtype``, as a method reads its frozen pretrained weights."""
     if dtype is None:
         return
     for module in modules:
@@ -134,13 +136,17 @@ def weight_bytes(modules: list[nn.Module]) -> tuple[int, int]:
 def simulate_step(
     method: Any, batch: dict[str, torch.Tensor], mixed: torch.dtype | None, grad_clip: float | None
 ) -> LiveTensorBytes:
-    """One optimiser step of the trainer's loop on ``batch``, counted by a ``LiveTensorBytes``, after the
-    optimisers' state exists (a step on zero gradients makes it: the steady state of every later step)."""
+    """One optimiser step of the trainer's generator-first round (``Trainer._joint_round``) on ``batch``,
+    counted by a ``LiveTensorBytes``, after the optimisers' state exists (a step on zero gradients makes
+    it: the steady state of every later step)."""
+    from osdsr.train import gradients_off
+
     generator, discriminator = method.generator, method.discriminator
     counter = LiveTensorBytes(set(weight_storages(method_modules(method))))
     autocast = torch.autocast("cpu", dtype=mixed) if mixed is not None else torch.autocast("cpu", enabled=False)
     rng = torch.Generator().manual_seed(0)
     generator.train()
+    frozen_in_generator_step = [p for p in discriminator.parameters() if p.requires_grad] if discriminator else []
     with counter:
         optimizers = method.optimizers(generator, discriminator)
         for optimizer in optimizers.values():
@@ -151,18 +157,22 @@ def simulate_step(
             optimizer.zero_grad(set_to_none=True)
         counter.optimizer_state = counter.live
         with autocast:
-            terms, cache = method.generator_losses(batch, generator, discriminator, rng)
-            loss = sum(terms.values())
-        loss.backward()
-        del loss, terms
+            outputs = method.generator_outputs(batch, generator, rng)
+        with gradients_off(frozen_in_generator_step):
+            with autocast:
+                loss = sum(method.generator_losses(batch, outputs, discriminator, rng).values())
+            loss.backward()
+        del loss
+        if discriminator is not None:
+            detached = {k: v.detach() for k, v in outputs.items()}
+            with autocast:
+                d_loss = sum(method.discriminator_losses(batch, detached, discriminator, rng).values())
+            d_loss.backward()
+            del d_loss, detached
+        del outputs
         _clip_and_step(generator, optimizers["generator"], grad_clip)
         if discriminator is not None:
-            with autocast:
-                d_loss = sum(method.discriminator_losses(batch, cache, discriminator, rng).values())
-            d_loss.backward()
-            del d_loss
             _clip_and_step(discriminator, optimizers["discriminator"], grad_clip)
-        del cache
     return counter
 
 
@@ -201,9 +211,7 @@ def estimate_training_memory(
     with FakeTensorMode(allow_non_fake_inputs=True), mock.patch.object(nn.Module, "to", _to_unless_there):
         with torch.random.fork_rng(), ZeroValues():
             method = FAKE_BUILDERS[config.method](config)
-        modules = method_modules(method)
-        place_frozen(modules, mixed)
-        weights, trainable = weight_bytes(modules)
+        weights, trainable = weight_bytes(method_modules(method))
         batch = {
             "lr": torch.rand(trainer.batch_size, 3, crop // SCALE, crop // SCALE),
             "hr": torch.rand(trainer.batch_size, 3, crop, crop),
@@ -230,6 +238,8 @@ def _fake_d3sr(config: Any) -> Any:
     from osdsr.methods.d3sr import D3SRMethod
     from osdsr.models.sd_generator import SDGeneratorConfig
 
+    pretrained_generator = config.generator.pretrained is not None
+    pretrained_nad = config.discriminator.kind in ("sd21", "sdxl") and config.discriminator.pretrained is not None
     generator = config.generator
     if generator.pretrained is not None or generator.unet is None:  # the SD-2.1-base architecture
         full = SDGeneratorConfig.full()
@@ -240,9 +250,13 @@ def _fake_d3sr(config: Any) -> Any:
     perceptual_log = logging.getLogger("osdsr.losses.perceptual")  # random VGG weights are the point here
     was_disabled, perceptual_log.disabled = perceptual_log.disabled, True
     try:
-        return D3SRMethod(config, random_init=True)
+        method = D3SRMethod(config, random_init=True)
     finally:
         perceptual_log.disabled = was_disabled
+    # random weights stand in for the pretrained folders, which D3SRMethod reads in the mixed-precision dtype
+    read = [network for network, folder in ((method.generator, pretrained_generator), (method.discriminator, pretrained_nad)) if folder]
+    cast_frozen(read, MIXED_DTYPES[config.trainer.mixed_precision])
+    return method
 
 
 def _fake_resshift(config: Any) -> Any:
