@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "complexity": ("complexity", "parameters and MACs of a method's full-size model (built on 'meta')"),
     "convert": ("convert", "convert official checkpoints (ResShift, Real-ESRGAN) into osdsr model folders"),
     "export": ("export", "export a training checkpoint as a model file that 'upscale --model' loads"),
+    "onnx": ("onnx", "export a one-step model as an ONNX file that 'upscale --model FILE.onnx' runs"),
     "ui": ("ui", "a local web page: drop images, compare before/after, download (needs the [ui] extra)"),
     "schedule": ("schedule", "print a diffusion schedule (e.g. the ResShift eta values)"),
 }

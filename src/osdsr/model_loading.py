@@ -6,7 +6,8 @@ Accepted:
   the repository root in a source checkout, ``osdsr.shipped``); an error when it is missing;
 - a model folder: ``config.json`` with a ``"model_type"`` key, beside ``model.safetensors``;
 - a ``.safetensors`` file whose metadata key ``osdsr_config`` holds the config (an SD-family LoRA
-  export, loaded on top of the local base model given as ``pretrained``).
+  export, loaded on top of the local base model given as ``pretrained``);
+- an ``.onnx`` file written by ``osdsr onnx`` (run by onnxruntime).
 The model type picks the loader in ``MODEL_LOADERS``; loaders import their (heavy) modules lazily.
 """
 
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_PATH = "weights/default"  # shipped with the package (osdsr.shipped)
 LORA_CONFIG_KEY = "osdsr_config"  # safetensors metadata key of an exported LoRA file
+ONNX_MODEL_TYPE = "onnx"  # the model type of an .onnx file (its metadata is checked when it loads)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,13 @@ def _load_realesrgan(path: Path, options: LoadOptions) -> SRModel:
     return load_realesrgan_model(path, options)
 
 
-# model_type (from config.json or the LoRA metadata) -> loader(path, options)
+def _load_onnx(path: Path, options: LoadOptions) -> SRModel:
+    from osdsr.models.onnx_model import load_onnx_sr_model
+
+    return load_onnx_sr_model(path, options)
+
+
+# model_type (from config.json or the LoRA metadata; "onnx" for .onnx files) -> loader(path, options)
 MODEL_LOADERS: dict[str, Callable[[Path, LoadOptions], SRModel]] = {
     "d3sr": _load_sd,
     "dfosd": _load_sd,
@@ -69,6 +77,7 @@ MODEL_LOADERS: dict[str, Callable[[Path, LoadOptions], SRModel]] = {
     "tadsr": _load_resshift,
     "tddsr": _load_resshift,
     "realesrgan": _load_realesrgan,
+    ONNX_MODEL_TYPE: _load_onnx,
 }
 
 
@@ -111,14 +120,18 @@ def read_model_type(path: Path) -> str:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{config_path}: not valid JSON ({exc.msg}, line {exc.lineno}); fix or re-export it") from None
         source = str(config_path)
+    elif path.is_file() and path.suffix == ".onnx":
+        return ONNX_MODEL_TYPE
     elif path.is_file():
         if path.suffix != ".safetensors":
-            raise ValueError(f"{path}: not a model; give a model folder, a .safetensors file, or bicubic/lanczos/default")
+            raise ValueError(
+                f"{path}: not a model; give a model folder, a .safetensors or .onnx file, or bicubic/lanczos/default"
+            )
         config = _lora_metadata(path)
         source = f"{path} (metadata {LORA_CONFIG_KEY})"
     else:
         raise FileNotFoundError(
-            f"{path}: no such model; give a model folder, a .safetensors file, or one of "
+            f"{path}: no such model; give a model folder, a .safetensors or .onnx file, or one of "
             f"{sorted([*CLASSICAL_INTERPOLATIONS, DEFAULT_MODEL])}"
         )
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):

@@ -81,7 +81,10 @@ def build_app(
 
     def model_for(name: str) -> SRModel:
         if name not in loaded:
-            loaded[name] = load_model(name)
+            try:
+                loaded[name] = load_model(name)
+            except (ValueError, OSError) as exc:
+                raise gr.Error(f"model {name}: {exc}") from None
         return loaded[name]
 
     def run_settings(tile: float, color_fix: str) -> UpscaleSettings:
@@ -95,9 +98,9 @@ def build_app(
         """API ``/upscale``: one image file -> the path of its x4 PNG."""
         if not path:
             raise gr.Error("no image given")
-        source = Path(path)
+        source, job, model = Path(path), run_settings(tile, color_fix), model_for(model_name)
         try:
-            return str(upscale_file(model_for(model_name), source, _unique_target(output_dir, source), run_settings(tile, color_fix)))
+            return str(upscale_file(model, source, _unique_target(output_dir, source), job))
         except (ValueError, OSError, RuntimeError) as exc:
             raise gr.Error(str(exc)) from None
 

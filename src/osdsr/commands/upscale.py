@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --dtype -> torch attribute
 OUTPUT_FORMATS = ("png", "same")
+DEFAULT_COLOR_FIX = "wavelet"  # models may name their own (an ONNX export stores one)
 DEFAULT_TILE = 512  # LR pixels: bounds memory on large photos (~1.5 GiB per 512 px tile with the default model); smaller images run in one piece
 
 
@@ -63,9 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-overlap", type=int, default=32, metavar="N",
                         help="overlap of neighbouring tiles in LR pixels, blended with Gaussian weights "
                              "(default: %(default)s)")
-    parser.add_argument("--color-fix", choices=COLOR_FIXES, default="wavelet",
+    parser.add_argument("--color-fix", choices=COLOR_FIXES,
                         help="correct colours against the bicubic upsample of the input: 'wavelet' (low "
-                             "frequencies), 'adain' (channel mean/std) or 'none' (default: %(default)s)")
+                             "frequencies), 'adain' (channel mean/std) or 'none' (default: the one an ONNX "
+                             f"file stores, else {DEFAULT_COLOR_FIX})")
     parser.add_argument("--device", metavar="DEVICE",
                         help="cpu, cuda, cuda:N or mps (default: cpu; under accelerate launch: each process's device)")
     parser.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     settings = UpscaleSettings(
         tile=args.tile,
         tile_overlap=args.tile_overlap,
-        color_fix=args.color_fix,
+        color_fix=args.color_fix or getattr(model, "color_fix", DEFAULT_COLOR_FIX),
         seed=args.seed,
         batch_size=args.batch_size,
         device=device,
@@ -187,7 +189,7 @@ class UpscaleSettings:
 
     tile: int = DEFAULT_TILE
     tile_overlap: int = 32
-    color_fix: str = "wavelet"
+    color_fix: str = DEFAULT_COLOR_FIX
     seed: int = 0
     batch_size: int = 1
     device: torch.device | str = "cpu"
