@@ -60,7 +60,7 @@ def test_default_model_matches_pytorch_on_photos(default_onnx: Path, tmp_path: P
     inputs = [str(EXAMPLES / name) for name in PHOTOS]
     # the colour fix stored in the file is the default; PyTorch gets it named
     assert main(["upscale", *inputs, "-o", str(tmp_path / "onnx"), "--model", str(default_onnx)]) == 0
-    assert main(["upscale", *inputs, "-o", str(tmp_path / "torch"), "--color-fix", "adain"]) == 0
+    assert main(["upscale", *inputs, "-o", str(tmp_path / "torch"), "--color-fix", "adain", "--dtype", "fp32"]) == 0
     for name in PHOTOS:
         assert _psnr(tmp_path / "onnx" / name, tmp_path / "torch" / name) >= MIN_PSNR_DB, name
 
@@ -69,7 +69,7 @@ def test_tiled_onnx_runs_in_the_same_pipeline(default_onnx: Path, tmp_path: Path
     photo = str(EXAMPLES / PHOTOS[1])
     for label, model in (("onnx", str(default_onnx)), ("torch", "default")):
         assert main(["upscale", photo, "-o", str(tmp_path / label), "--model", model, "--tile", "128",
-                     "--color-fix", "wavelet"]) == 0
+                     "--color-fix", "wavelet", "--dtype", "fp32"]) == 0
     assert _psnr(tmp_path / "onnx" / PHOTOS[1], tmp_path / "torch" / PHOTOS[1]) >= MIN_PSNR_DB
 
 

@@ -48,8 +48,9 @@ class _LowToHigh(nn.Module):
 def onnx_lr_multiple(model: SRModel) -> int:
     """The LR multiple the exported graph needs: the model's own, and the UNet's downsampling.
 
-    diffusers' UNet runs any latent size in PyTorch by passing each skip's size to its upsampler;
-    a traced graph fixes that choice, so the latent must divide by 2^(levels - 1) exactly.
+    The UNet (native or diffusers) runs any latent size in PyTorch by passing each skip's size to its
+    upsamplers when the size does not divide; a traced graph fixes that choice, so the latent must
+    divide by 2^(levels - 1) exactly.
     """
     unet = getattr(getattr(model, "generator", None), "unet", None)
     if unet is None:
@@ -73,7 +74,7 @@ def export_onnx(model: SRModel, path: Path, *, color_fix: str, source: str) -> P
     example = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
     axes = {0: "batch", 2: "height", 3: "width"}
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        # diffusers' shape checks (asserts, size branches) warn that tracing fixes them: the graph is
+        # the UNet's shape checks (asserts, size branches) warn that tracing fixes them: the graph is
         # traced at a multiple of ``multiple``, where each takes the path that holds for every such size
         # (the batch-size branch only picks a memory layout)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)

@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 
 from osdsr.cli import CommandError
-from osdsr.color_fix import COLOR_FIXES
+from osdsr.choices import COLOR_FIXES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -346,7 +346,7 @@ def parse_device(text: str) -> torch.device:
 
 
 def check_dtype(name: str, device: torch.device, model: str | None = None) -> torch.dtype:
-    """The torch dtype of --dtype NAME; ``auto`` needs the --model name (bicubic/lanczos run in fp32)."""
+    """The torch dtype of --dtype NAME; ``auto`` needs the --model name (bicubic/lanczos/.onnx run in fp32)."""
     if name == "fp16" and device.type == "cpu":
         raise CommandError("--dtype fp16 needs a GPU (--device cuda or mps); on CPU use bf16 or fp32")
     import torch
@@ -355,5 +355,7 @@ def check_dtype(name: str, device: torch.device, model: str | None = None) -> to
         from osdsr.inference import preferred_dtype
         from osdsr.models.classical import CLASSICAL_INTERPOLATIONS
 
-        return torch.float32 if model in CLASSICAL_INTERPOLATIONS else preferred_dtype(device)
+        # the classical baselines and ONNX files (onnxruntime) run in fp32
+        exact_only = model in CLASSICAL_INTERPOLATIONS or str(model).endswith(".onnx")
+        return torch.float32 if exact_only else preferred_dtype(device)
     return getattr(torch, DTYPES[name])
