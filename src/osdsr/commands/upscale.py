@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the results (created if missing); names follow the inputs")
     parser.add_argument("--model", default="default", metavar="NAME|PATH",
                         help="'default' (the embedded CPU model), 'bicubic', 'lanczos', a model folder "
-                             "(config.json + model.safetensors) or a LoRA .safetensors file (default: %(default)s)")
+                             "(config.json + model.safetensors), a LoRA .safetensors file or an .onnx file from "
+                             "osdsr onnx (default: %(default)s)")
     parser.add_argument("--pretrained", type=Path, metavar="DIR",
                         help="local base-model folder (e.g. SD-2.1 in diffusers layout) that a LoRA file is applied to")
     parser.add_argument("--steps", type=int, metavar="N",
