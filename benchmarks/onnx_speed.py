@@ -68,11 +68,6 @@ def timed_peak(fn) -> tuple[float, float]:
     return time.perf_counter() - start, _status_mib("VmHWM") - before
 
 
-def psnr(prediction: torch.Tensor, reference: torch.Tensor) -> float:
-    mse = torch.mean((prediction.double() - reference.double()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -81,6 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from osdsr.inference import upscale_tensor
+    from osdsr.metrics.fidelity import psnr_rgb
     from osdsr.model_loading import LoadOptions, load_sr_model
     from osdsr.models.onnx_model import load_onnx_sr_model
     from osdsr.onnx_export import export_onnx
@@ -120,7 +116,7 @@ def main() -> None:
     ]
     reference = outputs["torch fp32"]
     for row in rows:
-        values = [psnr(out, ref) for out, ref in zip(outputs[row["runtime"]], reference)]
+        values = [psnr_rgb(out.double(), ref.double()) for out, ref in zip(outputs[row["runtime"]], reference)]
         row["psnr_db_vs_torch_fp32"] = min(values)
         row["speed_vs_torch_fp32"] = rows[0]["seconds"] / row["seconds"]
 

@@ -187,6 +187,7 @@ def parity(sr_dir: Path, lr_dir: Path, threads: int) -> dict:
     """PSNR (RGB, [0, 1]) of the 8-bit ``osdsr upscale`` outputs against the ncnn runtime's float outputs."""
     from osdsr.data.image_io import load_image
     from osdsr.inference import REC601_LUMA
+    from osdsr.metrics.fidelity import psnr_rgb
     from realesrgan_release import NcnnRealESRGAN
 
     runtime = NcnnRealESRGAN(threads)
@@ -198,7 +199,7 @@ def parity(sr_dir: Path, lr_dir: Path, threads: int) -> dict:
         if gray:
             reference = reference @ np.array(REC601_LUMA)[:, None]
         ours = load_image(sr_dir / f"{lr_path.stem}.png").pixels.astype(np.float64)
-        per_image[lr_path.name] = float(10 * np.log10(1.0 / np.mean((ours - reference) ** 2)))
+        per_image[lr_path.name] = psnr_rgb(ours, reference)
     return {"min_db": min(per_image.values()), "mean_db": float(np.mean(list(per_image.values()))),
             "per_image_db": per_image}
 

@@ -40,6 +40,7 @@ from osdsr.allocator import keep_freed_memory
 from osdsr.cli import COMMANDS
 from osdsr.color_fix import wavelet_color_fix
 from osdsr.inference import preferred_dtype, upscale_tensor
+from osdsr.metrics.fidelity import psnr_rgb
 from osdsr.model_loading import LoadOptions, load_sr_model
 from osdsr.models.classical import bicubic_upsample
 
@@ -75,10 +76,6 @@ def test_image() -> np.ndarray:
         image = image.resize((SIZE, SIZE), Image.Resampling.BICUBIC)
     left, top = (image.width - SIZE) // 2, (image.height - SIZE) // 2
     return np.asarray(image.crop((left, top, left + SIZE, top + SIZE)))
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(1 / (a - b).square().mean()))
 
 
 def in_process(lr: torch.Tensor, repeats: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
@@ -250,7 +247,7 @@ def main() -> None:
     malloc["kept_s"] = best_of(lambda: wavelet_color_fix(reference, reference), args.repeats)
     report["color_fix_malloc"] = malloc
     report["in_process"], outputs = in_process(lr, args.repeats)
-    report["bf16_psnr_db"] = psnr(outputs["default bfloat16"], outputs["default float32"])
+    report["bf16_psnr_db"] = psnr_rgb(outputs["default bfloat16"].double(), outputs["default float32"].double())
     report["png"] = png_writes(outputs["default float32"], args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         small, photo = Path(tmp) / "small.png", Path(tmp) / "photo.png"

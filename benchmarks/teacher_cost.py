@@ -47,10 +47,6 @@ def lr_crops(count: int, side: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(1.0 / torch.mean((a.double() - b.double()) ** 2)))
-
-
 def timed(fn, batches: list[torch.Tensor]) -> tuple[list[float], torch.Tensor]:
     fn(batches[0])  # warm-up
     seconds, outputs = [], []
@@ -68,6 +64,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed batches per backend (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads, torch and ncnn (default: %(default)s)")
     args = parser.parse_args()
+    from osdsr.metrics.fidelity import psnr_rgb
     from osdsr.models.teacher import SRTeacher
 
     torch.set_num_threads(args.threads)
@@ -93,7 +90,7 @@ def main() -> int:
         rows[name] = {
             "seconds_per_batch": seconds,
             "seconds_per_crop": statistics.median(seconds) / args.batch,
-            "psnr_vs_torch_fp32": None if targets is reference else psnr(targets, reference),
+            "psnr_vs_torch_fp32": None if targets is reference else psnr_rgb(targets.double(), reference.double()),
         }
         print(name, json.dumps(rows[name]), flush=True)
     report = {

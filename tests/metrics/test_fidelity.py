@@ -82,3 +82,16 @@ def test_bad_inputs_raise_clear_errors() -> None:
         ssim(a, a, crop_border=4)
     with pytest.raises(ValueError, match="HxWx3"):
         psnr(np.zeros((16, 16, 4), dtype=np.uint8), np.zeros((16, 16, 4), dtype=np.uint8))
+
+
+def test_psnr_rgb_is_the_plain_float64_formula_and_infinite_for_identical_inputs():
+    from osdsr.metrics.fidelity import psnr_rgb
+
+    rng = np.random.default_rng(0)
+    reference = rng.random((8, 9, 3))
+    pred = reference + 0.01  # every sample off by 0.01: MSE 1e-4, 40 dB at peak 1
+    assert psnr_rgb(pred, reference) == pytest.approx(40.0, abs=1e-9)
+    assert psnr_rgb(pred * 255, reference * 255, peak=255.0) == pytest.approx(40.0, abs=1e-9)
+    assert psnr_rgb(reference, reference) == float("inf")
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr_rgb(pred[:, :8], reference)

@@ -38,6 +38,18 @@ def psnr(pred: np.ndarray, gt: np.ndarray, crop_border: int = DEFAULT_CROP_BORDE
     return float(10.0 * np.log10(PEAK**2 / mse))
 
 
+def psnr_rgb(pred: np.ndarray, reference: np.ndarray, peak: float = 1.0) -> float:
+    """PSNR in dB over every pixel and channel as given (no Y conversion, no border crop), in float64.
+
+    For comparing two renderings of one result (runtimes, precisions, file formats); identical inputs give ``inf``.
+    """
+    pred, reference = np.asarray(pred, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if pred.shape != reference.shape:
+        raise ValueError(f"the two images differ in shape: {pred.shape} vs {reference.shape}")
+    mse = float(np.mean((pred - reference) ** 2))
+    return float("inf") if mse == 0.0 else float(10.0 * np.log10(peak**2 / mse))
+
+
 def _gaussian_window() -> np.ndarray:
     offsets = np.arange(SSIM_WINDOW) - SSIM_WINDOW // 2
     window = np.exp(-(offsets**2) / (2.0 * SSIM_SIGMA**2))
