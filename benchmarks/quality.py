@@ -279,6 +279,9 @@ def main() -> int:
     parser.add_argument("--skip-realesrgan", action="store_true", help="no Real-ESRGAN rows (no ncnn files needed)")
     parser.add_argument("--crop", type=int, help="HR centre crop (photos smaller than it are skipped)")
     parser.add_argument("--real-crop", type=int, help="LR centre crop of the real LR photos")
+    parser.add_argument("--strength", type=float, nargs="+", default=[], metavar="S",
+                        help="also rows of the model under test at these --strength values (quality only: "
+                             "the network's cost does not depend on the strength)")
     parser.add_argument("--output", type=Path, default=OUT / "quality", help="output path without suffix")
     args = parser.parse_args()
     models = {name: name for name in CLASSICAL}
@@ -287,6 +290,8 @@ def main() -> int:
 
         models[REALESRGAN] = str(converted_model())
     models[args.model] = args.model
+    strength_rows = {f"{args.model} strength {value:g}": value for value in args.strength}
+    models.update({label: args.model for label in strength_rows})
     models.update(dict(item.split("=", 1) for item in args.extra_model))
     threads = torch.get_num_threads()
     report: dict = {"machine": f"{platform.machine()}, {threads} threads", "seed": SEED, "crop": args.crop,
@@ -301,7 +306,7 @@ def main() -> int:
         if not args.skip_speed:
             # the light models first, one at a time; then Real-ESRGAN's two long timings run in the
             # background while the quality part runs (their seconds include that competition)
-            for label in (label for label in models if label != REALESRGAN):
+            for label in (label for label in models if label != REALESRGAN and label not in strength_rows):
                 speeds[label]["speed"] = speed(models[label], "fp32", color_fixes[label])
                 if label not in CLASSICAL:
                     speeds[label]["speed_bf16"] = speed(models[label], "bf16", color_fixes[label])
@@ -312,6 +317,8 @@ def main() -> int:
                 }
         for label, name in models.items():
             extra = ["--color-fix", color_fixes[label]]
+            if label in strength_rows:
+                extra += ["--strength", str(strength_rows[label])]
             row: dict = {"color_fix": color_fixes[label]}
             for preset, folder in sets.items():
                 out = work / f"sr_{label}_{preset}"

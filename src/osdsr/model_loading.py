@@ -41,6 +41,7 @@ class LoadOptions:
     pretrained: Path | None = None  # local base-model folder (e.g. SD-2.1 diffusers layout) for LoRA files
     device: torch.device | str = "cpu"
     dtype: torch.dtype = torch.float32
+    strength: float | None = None  # models with a strength control (0 = fidelity, 1 = detail); None: theirs
 
 
 def _load_sd(path: Path, options: LoadOptions) -> SRModel:
@@ -95,12 +96,18 @@ def default_model_dir() -> Path:
 def load_sr_model(name_or_path: str | Path, options: LoadOptions | None = None) -> SRModel:
     """Load a classical baseline, the embedded default model, a model folder or a LoRA file."""
     options = options or LoadOptions()
-    name = str(name_or_path)
+    model = _load(str(name_or_path), options)
+    if options.strength is not None and getattr(model, "strength", None) is None:
+        raise ValueError(f"{name_or_path}: this model has no strength control; leave out --strength")
+    return model
+
+
+def _load(name: str, options: LoadOptions) -> SRModel:
     if name in CLASSICAL_INTERPOLATIONS:
         return ClassicalUpsampler(name).to(options.device)
     if name == DEFAULT_MODEL:
-        return load_sr_model(default_model_dir(), options)
-    path = Path(name_or_path)
+        return _load(str(default_model_dir()), options)
+    path = Path(name)
     model_type = read_model_type(path)
     if model_type not in MODEL_LOADERS:
         raise ValueError(f"{path}: unknown model_type {model_type!r}; known: {sorted(MODEL_LOADERS)}")

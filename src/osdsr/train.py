@@ -60,12 +60,26 @@ class DegradationMixConfig:
 
 
 @dataclass(frozen=True)
+class TeacherDataConfig:
+    """Distillation targets from a frozen SR model (e.g. the converted Real-ESRGAN x4plus), computed once
+    into a disk cache of (HR, LR, teacher output) triples (``osdsr.data.teacher_cache``)."""
+
+    model: str  # an osdsr model folder (any model ``osdsr upscale --model`` loads)
+    samples: int = ranged(1024, "[1, inf)")  # cached triples; batches cycle through them (augmented)
+    seed: int = ranged(0, "[0, 1e9]")  # crops and degradations of the cache
+    shard_size: int = ranged(64, "[1, inf)")
+    batch_size: int = ranged(4, "[1, inf)")  # LR crops per teacher call while building
+    folder: str = ".cache/teacher"
+
+
+@dataclass(frozen=True)
 class DataConfig:
     sources: tuple[SourceConfig, ...] = (SourceConfig("../shared/data/hr"),)
     exclude_list: str | None = None  # a text file of held-out file names never used for training
     crop_size: int = ranged(256, "[1, inf)")  # HR crop
     degradations: tuple[DegradationMixConfig, ...] = (DegradationMixConfig(),)
     augment: bool = True
+    teacher: TeacherDataConfig | None = None  # batches from a teacher cache (adds batch["teacher"])
 
 
 @dataclass(frozen=True)
@@ -280,7 +294,8 @@ def read_exclude_list(path: str | None) -> tuple[str, ...]:
 
 
 class TrainingData:
-    """HR crops by index, degraded on the fly into (lr, hr) batches."""
+    """HR crops by index, degraded on the fly into (lr, hr) batches; with ``data.teacher``, cached
+    (lr, hr, teacher) triples instead (the cache is built first where shards are missing)."""
 
     def __init__(self, config: DataConfig, seed: int, scale: int = 4) -> None:
         from osdsr.data.datasets import HRImageDataset, ImageSource
@@ -301,10 +316,51 @@ class TrainingData:
             exclude=read_exclude_list(config.exclude_list),
         )
         self.scale = scale
+        self.cache = None if config.teacher is None else self._teacher_cache(config, scale)
+
+    def _teacher_cache(self, config: DataConfig, scale: int) -> Any:
+        from osdsr.data.datasets import HRImageDataset, ImageSource
+        from osdsr.data.teacher_cache import CacheSpec, TeacherCache, build_cache, cache_key, file_digest
+
+        teacher = config.teacher
+        weights = Path(teacher.model) / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"data.teacher.model {teacher.model}: no model.safetensors there; give an osdsr model folder")
+        key = cache_key(
+            {
+                "teacher": file_digest(weights),
+                "sources": [dataclasses.asdict(s) for s in config.sources],
+                "exclude": read_exclude_list(config.exclude_list),
+                "crop": config.crop_size,
+                "degradations": [(d.preset, d.weight, repr(p)) for d, (p, _) in zip(config.degradations, self.presets)],
+                "seed": teacher.seed,
+                "shard_size": teacher.shard_size,
+                "scale": scale,
+            }
+        )
+        spec = CacheSpec(Path(teacher.folder), key, teacher.samples, teacher.shard_size, teacher.seed)
+        crops = HRImageDataset(
+            [ImageSource(s.path, s.weight, s.in_memory) for s in config.sources],
+            config.crop_size,
+            seed=teacher.seed,
+            length=2**62,
+            augment=False,
+            exclude=read_exclude_list(config.exclude_list),
+        )
+
+        def make_teacher() -> Any:
+            from osdsr.models.teacher import SRTeacher
+
+            return SRTeacher.from_pretrained(teacher.model)
+
+        build_cache(spec, crops, self.presets, make_teacher, teacher.batch_size, scale)
+        return TeacherCache(spec, augment_samples=config.augment)
 
     def batch(self, indices: list[int], rng: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
         from osdsr.data.degradation import degrade
 
+        if self.cache is not None:
+            return self.cache.batch(indices, rng, device)
         hr = torch.stack([self.dataset[i]["hr"] for i in indices]).to(device)
         lr = degrade(hr, self.presets, rng, scale=self.scale).lr
         return {"lr": lr, "hr": hr}

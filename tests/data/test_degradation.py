@@ -11,15 +11,18 @@ import torch.nn.functional as F
 
 from osdsr.config import from_dict, to_dict
 from osdsr.data.degradation import (
+    CLEAN,
     DEGRADATION_PRESETS,
     GAUSSIAN_KERNEL_TYPES,
     MILD,
+    PHOTO,
     REALESRGAN_X4,
     DegradationConfig,
     StageConfig,
     apply_degradation,
     blur_kernel,
     degrade,
+    sample_degradation,
 )
 
 
@@ -135,7 +138,7 @@ def test_published_defaults() -> None:
     assert (first.resize_range, second.resize_range) == ((0.15, 1.5), (0.3, 1.2))
     assert (first.noise_range, second.noise_range) == ((1.0, 30.0), (1.0, 25.0))
     assert second.blur_prob == 0.8 and REALESRGAN_X4.final.sinc_prob == 0.8
-    assert DEGRADATION_PRESETS == {"realesrgan": REALESRGAN_X4, "mild": MILD}
+    assert DEGRADATION_PRESETS == {"realesrgan": REALESRGAN_X4, "mild": MILD, "photo": PHOTO, "clean": CLEAN}
 
 
 def test_config_round_trips_through_the_yaml_loader_and_rejects_bad_values() -> None:
@@ -144,3 +147,30 @@ def test_config_round_trips_through_the_yaml_loader_and_rejects_bad_values() -> 
         StageConfig(blur_prob=1.5)
     with pytest.raises(ValueError, match="kernel_probs"):
         StageConfig(kernel_types=("iso",), kernel_probs=(0.5, 0.5))
+
+
+def test_clean_preset_is_a_plain_downsampling():
+    """'clean' draws only the resize mode: its LR is the 8-bit resize of the HR, nothing else."""
+    hr = _photo_like(1, 32)
+    params = sample_degradation(CLEAN, torch.Generator().manual_seed(3))
+    mode = params["stages"][0]["resize"]["mode"]
+    lr = apply_degradation(hr, params)
+    plain = torch.clamp((_plain_resize(hr, mode) * 255).round(), 0, 255) / 255
+    assert torch.equal(lr, plain)
+
+
+def _plain_resize(hr: torch.Tensor, mode: str) -> torch.Tensor:
+    from osdsr.data.degradation import _resize
+
+    return _resize(hr, (8, 8), mode)
+
+
+def test_photo_preset_is_lighter_than_realesrgan():
+    """On the same photo-like crops, the 'photo' LR stays closer to a plain bicubic LR than Real-ESRGAN's."""
+    hr = _photo_like(4, 64, seed=1)
+    reference = F.interpolate(hr, size=16, mode="bicubic", antialias=True)
+    gaps = {}
+    for name in ("photo", "realesrgan"):
+        lr = degrade(hr, DEGRADATION_PRESETS[name], torch.Generator().manual_seed(2)).lr
+        gaps[name] = (lr - reference).abs().mean().item()
+    assert gaps["photo"] < gaps["realesrgan"]

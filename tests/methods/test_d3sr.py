@@ -252,3 +252,58 @@ def test_gradient_checkpointing_gives_the_same_generator_step(tiny_sd_folder: Pa
     assert gradients[False] and gradients[False].keys() == gradients[True].keys()
     for name, gradient in gradients[False].items():
         torch.testing.assert_close(gradients[True][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_strength_weighs_ground_truth_by_1_minus_s_and_the_teacher_by_s() -> None:
+    """Per image b: (1 - s_b) * term(x_b, HR_b) + teacher_weight * s_b * term(x_b, teacher_b), batch mean;
+    each image is generated at the timestep of its own strength."""
+    d3sr = method(
+        "generator.strength_timesteps=[50, 200]", "loss.teacher_weight=2.0", "loss.edge_weight=0.1",
+        "loss.lattice_weight=3.0", "discriminator.kind=none",
+    )
+    data = {**batch(), "teacher": torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))}
+    rng = step_generator(0, 0, 0, CPU)
+    strength = d3sr._strengths(2, step_generator(0, 0, 0, CPU))
+    terms, cache = generator_step(d3sr, data, d3sr.generator, None, rng)
+    torch.testing.assert_close(cache["strength"], strength)
+    with torch.no_grad():
+        x_pred = (d3sr.generator(upsample_lr(data["lr"]), strength)[1] + 1) / 2
+    stride = d3sr.generator.latent_stride
+
+    def per_image(target: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "mse": ((x_pred - target) ** 2).flatten(1).mean(1),
+            "edge": 0.1 * (sobel_magnitude(x_pred) - sobel_magnitude(target)).abs().flatten(1).mean(1),
+            "lattice": 3.0 * torch.stack([lattice_loss(x_pred[b : b + 1], target[b : b + 1], stride) for b in range(2)]),
+        }
+
+    assert set(terms) == {"mse", "edge", "lattice", "teacher_mse", "teacher_edge", "teacher_lattice"}
+    for name, value in per_image(data["hr"]).items():
+        torch.testing.assert_close(terms[name], ((1 - strength) * value).mean())
+    for name, value in per_image(data["teacher"]).items():
+        torch.testing.assert_close(terms[f"teacher_{name}"], (2.0 * strength * value).mean())
+    timesteps = d3sr.generator.timesteps(4, torch.tensor([0.0, 0.5, 1.0, 0.25]), CPU)
+    assert timesteps.tolist() == [50, 125, 200, 88]  # round(50 + s * 150)
+
+
+def test_strengths_hit_both_ends_and_the_range_between() -> None:
+    d3sr = method("generator.strength_timesteps=[50, 200]", "discriminator.kind=none")
+    drawn = torch.cat([d3sr._strengths(64, step_generator(0, k, 0, CPU)) for k in range(4)])
+    ends = (drawn == 0) | (drawn == 1)
+    assert 0.35 < ends.float().mean() < 0.65 and (drawn == 0).any() and (drawn == 1).any()
+    assert ((drawn[~ends] > 0) & (drawn[~ends] < 1)).all()
+    assert method("discriminator.kind=none")._strengths(4, step_generator(0, 0, 0, CPU)) is None
+
+
+def test_teacher_weight_without_teacher_outputs_says_what_to_set() -> None:
+    d3sr = method("loss.teacher_weight=1.0", "discriminator.kind=none")
+    with pytest.raises(ValueError, match="data.teacher"):
+        generator_step(d3sr, batch(), d3sr.generator, None, step_generator(0, 0, 0, CPU))
+
+
+def test_a_model_without_strength_control_refuses_a_strength() -> None:
+    generator = method("discriminator.kind=none").generator
+    with pytest.raises(ValueError, match="no strength control"):
+        generator.timesteps(1, 0.5, CPU)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        method("generator.strength_timesteps=[50, 200]", "discriminator.kind=none").generator.timesteps(1, 1.5, CPU)

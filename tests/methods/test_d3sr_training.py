@@ -129,3 +129,41 @@ def test_exported_lora_file_reloads_and_upscales(
     again, _ = read_safetensors(resaved)
     assert again.keys() == state.keys() and all(torch.equal(again[k], state[k]) for k in state)
     assert upscale(resaved, tiny_sd_folder, image, tmp_path / "out2") == first
+
+
+def test_teacher_distillation_with_a_strength_control_trains_exports_and_upscales(
+    tmp_path: Path, small_run: Callable[..., list[str]], hr_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """data.teacher builds its cache on first use; the exported model keeps its strength control, whose
+    ends give different images through ``osdsr upscale --strength``; a model without one refuses it."""
+    from osdsr.model_loading import LoadOptions, load_sr_model
+    from osdsr.models.realesrgan import RealESRGANConfig, RealESRGANSR, save_realesrgan_model
+    from realesrgan_files import randomise
+
+    teacher = RealESRGANSR(RealESRGANConfig.tiny("rrdbnet"))
+    randomise(teacher.network)
+    save_realesrgan_model(tmp_path / "teacher", teacher)
+    cache = tmp_path / "cache"
+    teacher_data = f"{{model: {tmp_path / 'teacher'}, samples: 3, shard_size: 2, folder: {cache}}}"
+    settings = small_run(
+        f"data.teacher={teacher_data}", "loss.teacher_weight=1.0", "generator.strength_timesteps=[50, 200]",
+        "generator.default_strength=0.25", "discriminator.kind=none",
+    )
+    assert train(tmp_path / "run", settings) == 0
+    rows = assert_trained(tmp_path / "run")
+    assert {"g/teacher_mse", "g/mse", "g/edge"} <= set(rows[0])
+    assert len(list(cache.glob("*/shard-*.safetensors"))) == 2
+    model_dir = tmp_path / "run" / "model"
+    assert load_sr_model(model_dir).strength == 0.25  # the model's own default
+    outputs = {}
+    for strength in ("0", "1"):
+        out = tmp_path / f"out{strength}"
+        assert main(["upscale", str(hr_folder / "photo0.png"), "-o", str(out), "--model", str(model_dir), "--strength", strength]) == 0
+        outputs[strength] = np.asarray(Image.open(out / "photo0.png"), dtype=np.float64)
+    assert np.abs(outputs["0"] - outputs["1"]).mean() > 0
+    capsys.readouterr()
+    assert main(["upscale", str(hr_folder / "photo0.png"), "-o", str(tmp_path / "x"), "--model", "bicubic", "--strength", "0.5"]) == 2
+    assert "no strength control" in capsys.readouterr().err
+    assert main(["upscale", str(hr_folder / "photo0.png"), "-o", str(tmp_path / "x"), "--model", str(model_dir), "--strength", "2"]) == 2
+    with pytest.raises(ValueError, match="no strength control"):
+        load_sr_model("bicubic", LoadOptions(strength=0.5))

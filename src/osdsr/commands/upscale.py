@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "osdsr onnx (default: %(default)s)")
     parser.add_argument("--pretrained", type=Path, metavar="DIR",
                         help="local base-model folder (e.g. SD-2.1 in diffusers layout) that a LoRA file is applied to")
+    parser.add_argument("--strength", type=float, metavar="S",
+                        help="models with a strength control (the default model): 0 = the most faithful result "
+                             "(highest PSNR), 1 = the most drawn detail; default: the model's own")
     parser.add_argument("--steps", type=int, metavar="N",
                         help="sampling steps for multi-step models (ResShift); one-step models ignore it")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="N",
@@ -130,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         remove_orphaned_temporaries(folder)  # what a killed run left
 
     keep_freed_memory()  # image-sized temporaries reuse freed memory instead of page-faulting anew
-    options = LoadOptions(steps=args.steps, pretrained=args.pretrained, device=device, dtype=dtype)
+    options = LoadOptions(steps=args.steps, pretrained=args.pretrained, device=device, dtype=dtype, strength=args.strength)
     model = load_sr_model(args.model, options)
     settings = UpscaleSettings(
         tile=args.tile,
@@ -245,6 +248,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise CommandError(f"--max-memory must be a positive number of GiB, got {args.max_memory}")
     if args.steps is not None and args.steps < 1:
         raise CommandError(f"--steps must be at least 1, got {args.steps}")
+    if args.strength is not None and not 0.0 <= args.strength <= 1.0:
+        raise CommandError(f"--strength must be in [0, 1] (0 = faithful, 1 = most detail), got {args.strength}")
     if Path(args.suffix).name != args.suffix or args.suffix in (".", ".."):
         raise CommandError(f"--suffix {args.suffix!r}: must not contain a folder separator")
     if args.tile and args.tile_overlap >= args.tile:

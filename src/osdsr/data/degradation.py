@@ -184,7 +184,46 @@ MILD = DegradationConfig(
     ),
     final=FinalStageConfig(sinc_prob=0.0, resize_modes=("bicubic",), jpeg_prob=0.0),
 )
-DEGRADATION_PRESETS: dict[str, DegradationConfig] = {"realesrgan": REALESRGAN_X4, "mild": MILD}
+# Ordinary camera and web photos (default-model training, issue 19): light optical blur (or none) ->
+# area / bilinear / bicubic x1/scale -> low Gaussian or Poisson noise -> JPEG 30-95 (or none).
+PHOTO = DegradationConfig(
+    stages=(
+        StageConfig(
+            blur_prob=0.6,
+            kernel_sizes=(7, 9, 11),
+            kernel_types=("iso", "aniso"),
+            kernel_probs=(0.7, 0.3),
+            sinc_prob=0.0,
+            blur_sigma=(0.2, 1.2),
+            resize_probs=(0.0, 0.0, 1.0),
+            resize_reference="lr",
+            gaussian_noise_prob=0.6,
+            noise_range=(0.0, 4.0),
+            poisson_scale_range=(0.05, 0.5),
+            gray_noise_prob=0.3,
+            jpeg_prob=0.0,
+        ),
+    ),
+    final=FinalStageConfig(sinc_prob=0.0, jpeg_prob=0.8, jpeg_range=(30.0, 95.0)),
+)
+# Clean inputs: area / bilinear / bicubic x1/scale only (no blur, noise or JPEG), so a model does not
+# smooth texture that a clean photo keeps.
+CLEAN = DegradationConfig(
+    stages=(
+        StageConfig(
+            blur_prob=0.0,
+            sinc_prob=0.0,
+            resize_probs=(0.0, 0.0, 1.0),
+            resize_reference="lr",
+            gaussian_noise_prob=1.0,
+            noise_range=(0.0, 0.0),
+            gray_noise_prob=0.0,
+            jpeg_prob=0.0,
+        ),
+    ),
+    final=FinalStageConfig(sinc_prob=0.0, jpeg_prob=0.0),
+)
+DEGRADATION_PRESETS: dict[str, DegradationConfig] = {"realesrgan": REALESRGAN_X4, "mild": MILD, "photo": PHOTO, "clean": CLEAN}
 
 
 @dataclass(frozen=True)

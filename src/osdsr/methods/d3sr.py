@@ -56,6 +56,10 @@ class LossConfig:
     allow_random_perceptual: bool = False  # tests only: random VGG instead of refusing to start
     edge_weight: float = ranged(0.0, "[0, inf)")  # optional L1 between Sobel maps (D3SR Eq. 6-7), for weight-free training
     lattice_weight: float = ranged(0.0, "[0, inf)")  # optional penalty on the error pattern with the latent grid's period
+    # distillation: the pixel terms (MSE, edge, lattice) also against a teacher's output (data.teacher);
+    # with a strength control, image b weighs the ground truth by (1 - s_b) and the teacher by s_b * this
+    teacher_weight: float = ranged(0.0, "[0, inf)")
+    extreme_strength_prob: float = ranged(0.5, "[0, 1]")  # strength control: s in {0, 1} this often, else U(0, 1)
     adversarial: Literal["nonsaturating", "hinge"] = "nonsaturating"  # D3SR Eq. 2-3
     adversarial_weight: float = ranged(0.5, "[0, inf)")  # lambda1 (D3SR Eq. 8)
 
@@ -186,9 +190,42 @@ class D3SRMethod:
         return schedule.add_noise(z, t, noise), schedule.unet_index(t)
 
 
+    def _strengths(self, batch_size: int, rng: torch.Generator) -> torch.Tensor | None:
+        """Per-image strengths of a strength-controlled generator: 0 or 1 (``extreme_strength_prob``), else U(0, 1)."""
+        if self.generator.strength_timesteps is None:
+            return None
+        uniform = torch.rand(batch_size, generator=rng, device=rng.device)
+        extreme = torch.rand(batch_size, generator=rng, device=rng.device) < self.config.loss.extreme_strength_prob
+        ends = (torch.rand(batch_size, generator=rng, device=rng.device) < 0.5).float()
+        return torch.where(extreme, ends, uniform)
+
     def generator_outputs(self, batch: dict[str, torch.Tensor], generator: nn.Module, rng: torch.Generator) -> Outputs:
-        z_hr_pred, x_hr_pred = generator(upsample_lr(batch["lr"]))
-        return {"z_hr_pred": z_hr_pred, "x_hr_pred": x_hr_pred}
+        strength = self._strengths(batch["lr"].shape[0], rng)
+        z_hr_pred, x_hr_pred = generator(upsample_lr(batch["lr"]), strength)
+        outputs = {"z_hr_pred": z_hr_pred, "x_hr_pred": x_hr_pred}
+        return outputs if strength is None else {**outputs, "strength": strength}
+
+    def _pixel_terms(
+        self, x_pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """The weighted pixel terms: MSE, Sobel-edge L1 (D3SR Eq. 6-7), lattice; batch means, or with
+        ``weight`` ([B]) the mean of each image's term times its weight."""
+        loss = self.config.loss
+
+        def mean(per_element: torch.Tensor) -> torch.Tensor:
+            return per_element.mean() if weight is None else (weight * per_element.flatten(1).mean(1)).mean()
+
+        terms = {"mse": loss.mse_weight * mean((x_pred - target).pow(2))}
+        if loss.edge_weight:
+            terms["edge"] = loss.edge_weight * mean((sobel_magnitude(x_pred) - sobel_magnitude(target)).abs())
+        if loss.lattice_weight:
+            stride = self.generator.latent_stride
+            if weight is None:
+                terms["lattice"] = loss.lattice_weight * lattice_loss(x_pred, target, period=stride)
+            else:
+                per_image = [lattice_loss(x_pred[b : b + 1], target[b : b + 1], period=stride) for b in range(len(x_pred))]
+                terms["lattice"] = loss.lattice_weight * (weight * torch.stack(per_image)).mean()
+        return terms
 
     def generator_losses(
         self, batch: dict[str, torch.Tensor], outputs: Outputs, discriminator: nn.Module | None, rng: torch.Generator
@@ -197,17 +234,21 @@ class D3SRMethod:
         z_hr_pred, x_hr_pred = outputs["z_hr_pred"], outputs["x_hr_pred"]
         x_pred = (x_hr_pred + 1) / 2  # [0, 1], as the perceptual losses expect
         hr = batch["hr"]
-        terms = {"mse": loss.mse_weight * F.mse_loss(x_pred, hr)}  # D3SR Eq. 8, spatial part
+        strength = outputs.get("strength")
+        # D3SR Eq. 8, spatial part (+ the optional edge and lattice terms); image b weighs the GT by 1 - s_b
+        terms = self._pixel_terms(x_pred, hr, None if strength is None else 1 - strength)
+        if loss.teacher_weight:
+            if "teacher" not in batch:
+                raise ValueError("loss.teacher_weight needs teacher outputs: set data.teacher (a teacher model folder)")
+            weight = loss.teacher_weight * (torch.ones(len(hr), device=hr.device) if strength is None else strength)
+            for name, value in self._pixel_terms(x_pred, batch["teacher"], weight).items():
+                terms[f"teacher_{name}"] = value
         if self.perceptual is not None:
             terms["perceptual"] = loss.perceptual_weight * self.perceptual(x_pred, hr)
-        if loss.edge_weight:
-            terms["edge"] = loss.edge_weight * F.l1_loss(sobel_magnitude(x_pred), sobel_magnitude(hr))
-        if loss.lattice_weight:
-            stride = self.generator.latent_stride
-            terms["lattice"] = loss.lattice_weight * lattice_loss(x_pred, hr, period=stride)
         if discriminator is not None and loss.adversarial_weight:
             fake = self._discriminator_input(z_hr_pred, x_hr_pred, rng)
-            terms["adversarial"] = loss.adversarial_weight * self.g_adv(discriminator(*fake))  # D3SR Eq. 2
+            realism = 1.0 if strength is None else strength.mean()  # the adversarial term grows with the strength
+            terms["adversarial"] = realism * loss.adversarial_weight * self.g_adv(discriminator(*fake))  # D3SR Eq. 2
         return terms
 
     def _discriminator_input(

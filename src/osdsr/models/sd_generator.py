@@ -96,6 +96,9 @@ class SDGeneratorConfig:
     unshuffle_factor: int = ranged(8, "[1, inf)")  # latent stride of the pixel_unshuffle autoencoder (8 = SD's f8 grid)
     scheduler: dict[str, Any] | None = None  # DDPM scheduler config when not pretrained
     timestep: int = ranged(999, "[0, inf)")  # T_L, the fixed intermediate step (D3SR Eq. 1)
+    # a strength control: the one step's timestep at strength 0 and at strength 1 (None: always T_L)
+    strength_timesteps: tuple[int, int] | None = None
+    default_strength: float = ranged(0.0, "[0, 1]")  # used when no strength is asked for
     prompt_embedding: Literal["fixed", "learnable"] = "fixed"  # D3SR: fixed; DFOSD: learnable
     prompt: str = ""  # encoded once with the base folder's text encoder, if it has one
     prompt_length: int = ranged(77, "[1, inf)")
@@ -118,14 +121,17 @@ class SDOneStepGenerator(nn.Module):
         timestep: int,
         prompt_embedding: torch.Tensor,
         learnable_prompt: bool,
+        strength_timesteps: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
-        if not 0 <= timestep < schedule.num_train_timesteps:
-            raise ValueError(f"timestep T_L={timestep} must be in [0, {schedule.num_train_timesteps - 1}]")
+        for step in (timestep, *(strength_timesteps or ())):
+            if not 0 <= step < schedule.num_train_timesteps:
+                raise ValueError(f"timestep {step} must be in [0, {schedule.num_train_timesteps - 1}]")
         self.unet = unet
         self.autoencoder = autoencoder
         self.schedule = schedule
         self.timestep = timestep
+        self.strength_timesteps = strength_timesteps
         if learnable_prompt:
             self.prompt_embedding = nn.Parameter(prompt_embedding)
         else:
@@ -155,16 +161,30 @@ class SDOneStepGenerator(nn.Module):
             return self.autoencoder.decode(z)
         return self.autoencoder.decode(z / self.autoencoder.config.scaling_factor).sample
 
-    def denoise(self, z_lr: torch.Tensor) -> torch.Tensor:
-        """One UNet evaluation at T_L, then the clean-latent estimate (D3SR Eq. 1)."""
-        t = torch.full((z_lr.shape[0],), self.timestep, device=z_lr.device, dtype=torch.long)
+    def timesteps(self, batch: int, strength: torch.Tensor | float | None, device: torch.device) -> torch.Tensor:
+        """The one step's timestep per image: T_L, or ``t0 + s (t1 - t0)`` rounded for strengths ``s`` in [0, 1]."""
+        if strength is None:
+            return torch.full((batch,), self.timestep, device=device, dtype=torch.long)
+        if self.strength_timesteps is None:
+            raise ValueError("this model has no strength control (trained at one timestep)")
+        s = torch.as_tensor(strength, dtype=torch.float32, device=device).expand(batch)
+        if bool(((s < 0) | (s > 1)).any()):
+            raise ValueError(f"strength must be in [0, 1], got {s.tolist()}")
+        first, last = self.strength_timesteps
+        return torch.round(first + s * (last - first)).long()
+
+    def denoise(self, z_lr: torch.Tensor, strength: torch.Tensor | float | None = None) -> torch.Tensor:
+        """One UNet evaluation at T_L (or the strength's timestep), then the clean-latent estimate (D3SR Eq. 1)."""
+        t = self.timesteps(z_lr.shape[0], strength, z_lr.device)
         prompt = self.prompt_embedding.to(z_lr.dtype).expand(z_lr.shape[0], -1, -1)
         model_output = self.unet(z_lr, t, encoder_hidden_states=prompt).sample
         return self.schedule.pred_x0(z_lr, model_output, t)
 
-    def forward(self, x_lr_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x_lr_up: torch.Tensor, strength: torch.Tensor | float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (z_H, x_H) for an HR-sized LR image in [-1, 1]."""
-        z_hr = self.denoise(self.encode(x_lr_up))
+        z_hr = self.denoise(self.encode(x_lr_up), strength)
         return z_hr, self.decode(z_hr)
 
 
@@ -279,6 +299,7 @@ def build_sd_generator(
         config.timestep,
         prompt,
         learnable_prompt=config.prompt_embedding == "learnable",
+        strength_timesteps=config.strength_timesteps,
     )
     return generator.to(device) if device is not None and not meta else generator
 
@@ -366,6 +387,7 @@ def _native_generator(config: SDGeneratorConfig) -> SDOneStepGenerator | None:
         config.timestep,
         prompt,
         learnable_prompt=config.prompt_embedding == "learnable",
+        strength_timesteps=config.strength_timesteps,
     )
 
 
@@ -384,17 +406,19 @@ class SDSRModel(nn.Module):
     scale = SCALE
     noise_channels = 0
 
-    def __init__(self, generator: SDOneStepGenerator) -> None:
+    def __init__(self, generator: SDOneStepGenerator, strength: float | None = None) -> None:
+        """``strength``: where the strength control stands (models that have one; None: T_L)."""
         super().__init__()
         self.generator = generator
         self.latent_stride = generator.latent_stride
         self.lr_multiple = max(1, self.latent_stride // SCALE)
+        self.strength = strength
 
     def encode(self, lr: torch.Tensor) -> torch.Tensor:
         return self.generator.encode(upsample_lr(lr))
 
     def denoise(self, condition: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        return self.generator.denoise(condition)
+        return self.generator.denoise(condition, self.strength)
 
     def decode(self, z_hr: torch.Tensor) -> torch.Tensor:
         return ((self.generator.decode(z_hr) + 1) / 2).clamp(0, 1)
@@ -405,7 +429,12 @@ def load_sd_sr_model(path: Path, options: Any) -> SDSRModel:
     generator, meta = load_sd_generator(path, getattr(options, "pretrained", None))
     if meta["generator"].get("lora") is not None:
         merge_lora(generator)
-    model = SDSRModel(generator).eval().requires_grad_(False)
+    strength = None
+    if generator.strength_timesteps is not None:
+        strength = meta["generator"].get("default_strength", 0.0) if options.strength is None else options.strength
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength {strength}: must be in [0, 1] (0 = fidelity, 1 = the most detail)")
+    model = SDSRModel(generator, strength).eval().requires_grad_(False)
     # channels-last convolutions are ~20% faster on CPU (oneDNN); same results up to float rounding
     return model.to(device=options.device, dtype=options.dtype, memory_format=torch.channels_last)
 
