@@ -37,16 +37,20 @@ def test_a_missing_default_model_is_an_error_not_bicubic(monkeypatch: pytest.Mon
         load_sr_model("default")
 
 
-def test_the_default_model_is_shipped() -> None:
-    assert (default_model_dir() / "model.safetensors").is_file()
+def test_the_default_model_and_its_predecessor_are_shipped() -> None:
+    for name in ("default", "default-v1"):
+        assert (default_model_dir(name) / "model.safetensors").is_file()
 
 
 def test_default_loads_the_embedded_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    folder = _model_folder(tmp_path / "default", {"model_type": "toy"})
+    folder = tmp_path / "weights"
+    folder.mkdir()
     calls = []
     monkeypatch.setitem(MODEL_LOADERS, "toy", lambda path, options: calls.append(path) or "toy model")
-    monkeypatch.setattr(model_loading, "default_model_dir", lambda: folder)
-    assert load_sr_model("default") == "toy model" and calls == [folder]
+    monkeypatch.setattr(model_loading, "default_model_dir", lambda name="default": folder / name)
+    for name in ("default", "default-v1"):
+        _model_folder(folder / name, {"model_type": "toy"})
+        assert load_sr_model(name) == "toy model" and calls[-1] == folder / name
 
 
 def test_folder_dispatches_by_model_type(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ def test_the_built_wheel_holds_the_configs_and_the_default_model(tmp_path: Path)
     (wheel,) = tmp_path.glob("osdsr-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {f"osdsr/configs/{p.name}" for p in (REPO_ROOT / "configs").iterdir()}
-    default = {f"osdsr/weights/default/{p.name}" for p in (REPO_ROOT / "weights" / "default").iterdir()}
+    default = {f"osdsr/weights/{p.parent.name}/{p.name}" for p in (REPO_ROOT / "weights").glob("*/*")}
+    assert {"osdsr/weights/default/model.safetensors", "osdsr/weights/default-v1/model.safetensors"} <= default
     assert configs <= names and default <= names
     assert "osdsr/metrics/niqe_pristine.json" in names

@@ -28,7 +28,8 @@ from osdsr.shipped import shipped_path
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
-DEFAULT_MODEL_PATH = "weights/default"  # shipped with the package (osdsr.shipped)
+# the embedded models by name, shipped with the package (osdsr.shipped): the default and its predecessor
+SHIPPED_MODELS = {DEFAULT_MODEL: "weights/default", "default-v1": "weights/default-v1"}
 LORA_CONFIG_KEY = "osdsr_config"  # safetensors metadata key of an exported LoRA file
 ONNX_MODEL_TYPE = "onnx"  # the model type of an .onnx file (its metadata is checked when it loads)
 
@@ -82,14 +83,15 @@ MODEL_LOADERS: dict[str, Callable[[Path, LoadOptions], SRModel]] = {
 }
 
 
-def default_model_dir() -> Path:
-    """The embedded model folder: the installed package's ``osdsr/weights/default``, else the repository's.
+def default_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """An embedded model's folder (``SHIPPED_MODELS``): the installed package's ``osdsr/weights/<name>``,
+    else the repository's.
 
     Raises FileNotFoundError (one line, both places named) when it is missing.
     """
-    folder = shipped_path(DEFAULT_MODEL_PATH)
+    folder = shipped_path(SHIPPED_MODELS[name])
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: the embedded default model has no config.json; reinstall osdsr (pip install .)")
+        raise FileNotFoundError(f"{folder}: the embedded model {name} has no config.json; reinstall osdsr (pip install .)")
     return folder
 
 
@@ -105,8 +107,8 @@ def load_sr_model(name_or_path: str | Path, options: LoadOptions | None = None) 
 def _load(name: str, options: LoadOptions) -> SRModel:
     if name in CLASSICAL_INTERPOLATIONS:
         return ClassicalUpsampler(name).to(options.device)
-    if name == DEFAULT_MODEL:
-        return _load(str(default_model_dir()), options)
+    if name in SHIPPED_MODELS:
+        return _load(str(default_model_dir(name)), options)
     path = Path(name)
     model_type = read_model_type(path)
     if model_type not in MODEL_LOADERS:
@@ -132,14 +134,14 @@ def read_model_type(path: Path) -> str:
     elif path.is_file():
         if path.suffix != ".safetensors":
             raise ValueError(
-                f"{path}: not a model; give a model folder, a .safetensors or .onnx file, or bicubic/lanczos/default"
+                f"{path}: not a model; give a model folder, a .safetensors or .onnx file, or bicubic/lanczos/default/default-v1"
             )
         config = _lora_metadata(path)
         source = f"{path} (metadata {LORA_CONFIG_KEY})"
     else:
         raise FileNotFoundError(
             f"{path}: no such model; give a model folder, a .safetensors or .onnx file, or one of "
-            f"{sorted([*CLASSICAL_INTERPOLATIONS, DEFAULT_MODEL])}"
+            f"{sorted([*CLASSICAL_INTERPOLATIONS, *SHIPPED_MODELS])}"
         )
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise ValueError(f"{source}: no \"model_type\" key; the file was not written by osdsr export/train")

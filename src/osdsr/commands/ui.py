@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401 - only to give one clear line when the extra is missing
     except ImportError:
         raise CommandError("gradio is not installed; pip install 'osdsr[ui]'") from None
-    from osdsr.model_loading import DEFAULT_MODEL, LoadOptions, load_sr_model, read_model_type
+    from osdsr.model_loading import SHIPPED_MODELS, LoadOptions, load_sr_model, read_model_type
     from osdsr.models.classical import CLASSICAL_INTERPOLATIONS
     from osdsr.ui import build_app, launch
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tile < 0:
         raise CommandError(f"--tile must be 0 or more, got {args.tile}")
     for model in args.model:
-        if model not in (DEFAULT_MODEL, *CLASSICAL_INTERPOLATIONS):
+        if model not in (*SHIPPED_MODELS, *CLASSICAL_INTERPOLATIONS):
             read_model_type(Path(model))  # a wrong path fails now, in one line, not later in the page
     device = parse_device(args.device)
     options = LoadOptions(device=device, dtype=check_dtype(args.dtype, device))
