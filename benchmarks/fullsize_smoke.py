@@ -19,10 +19,13 @@ the estimate of ``osdsr.memory`` at the same batch, crop, precision and checkpoi
 counts tensors only, so it is compared with the training peak minus the resident set of a process
 that has imported what ``osdsr train`` imports (interpreter, torch, diffusers, peft).
 
-    python3 benchmarks/fullsize_smoke.py [--methods d3sr dfosd resshift sinsr tadsr tddsr] [--threads 2]
+    python3 benchmarks/fullsize_smoke.py [--methods d3sr dfosd resshift sinsr tadsr tddsr] [--threads 2] [--out DIR]
 
-Writes ``benchmarks/out/fullsize_smoke.{json,md}``. Needs about 10 GiB free for D3SR (the SDXL UNet is
-read whole before it is cut after its mid block) and 25 GB of disk for the stand-ins.
+Writes ``benchmarks/out/fullsize_smoke.{json,md}`` (or under ``--out``) after each method, merged per
+method: a method's row is replaced when it is rerun, the others keep their figures and the conditions
+they were measured under (threads, load average). Only the stand-ins that the chosen methods need are
+written. Needs about 10 GiB free for D3SR (the SDXL UNet is read whole before it is cut after its mid
+block) and 12 GB of disk for the stand-ins.
 """
 
 from __future__ import annotations
@@ -140,8 +143,11 @@ torch.save({"alpha": torch.rand(1, DISTS_CHANNELS, 1, 1), "beta": torch.rand(1, 
 '''
 
 
-def make_stand_ins() -> dict[str, Path]:
-    """The stand-in folders and files (made once; delete .cache/fullsize to remake them)."""
+SD_METHODS = ("d3sr", "dfosd")
+
+
+def make_stand_ins(methods: list[str]) -> dict[str, Path]:
+    """The stand-in folders and files that ``methods`` need (made once; delete .cache/fullsize to remake them)."""
     paths = {
         "sd21": CACHE / "stable-diffusion-2-1-base",
         "sdxl": CACHE / "stable-diffusion-xl-base-1.0",
@@ -150,17 +156,18 @@ def make_stand_ins() -> dict[str, Path]:
         "perceptual": CACHE / "perceptual",
         "image": CACHE / "lr.png",
     }
-    for kind in ("sd21", "sdxl"):
+    sd = any(m in SD_METHODS for m in methods)
+    for kind in [k for k, needed in (("sd21", sd), ("sdxl", "d3sr" in methods)) if needed]:
         if not (paths[kind] / "unet" / "config.json").is_file():
             print(f"writing the {kind} stand-in to {paths[kind]}", flush=True)
             run_quiet_args(MAKE_DIFFUSERS, kind, str(paths[kind]), str(SHARD_BYTES))
-    if not (paths["resshift"] / "model.safetensors").is_file():
+    if any(m not in SD_METHODS for m in methods) and not (paths["resshift"] / "model.safetensors").is_file():
         print(f"writing the official ResShift checkpoints and converting them to {paths['resshift']}", flush=True)
         run_quiet_args(MAKE_RESSHIFT, str(paths["resshift_checkpoints"]))
         checkpoints = paths["resshift_checkpoints"]
         osdsr("convert", "resshift", "--denoiser", str(checkpoints / "resshift_realsrx4_s15_v1.pth"),
               "--autoencoder", str(checkpoints / "autoencoder_vq_f4.pth"), "-o", str(paths["resshift"]), "--overwrite")
-    if not (paths["perceptual"] / "dists.pt").is_file():
+    if sd and not (paths["perceptual"] / "dists.pt").is_file():
         run_quiet_args(MAKE_PERCEPTUAL, str(paths["perceptual"]))
     if not paths["image"].is_file():
         from PIL import Image
@@ -236,7 +243,7 @@ def baseline_rss(env: dict[str, str]) -> int:
 
 # ---- the methods ------------------------------------------------------------------------------------
 def overrides(method: str, paths: dict[str, Path], precision: str, threads: int) -> list[str]:
-    crop = SD_CROP if method in ("d3sr", "dfosd") else RESSHIFT_CROP
+    crop = SD_CROP if method in SD_METHODS else RESSHIFT_CROP
     common = [
         "trainer.batch_size=1",
         f"trainer.mixed_precision={precision}",
@@ -255,7 +262,7 @@ def overrides(method: str, paths: dict[str, Path], precision: str, threads: int)
     }
     perceptual = [f"loss.vgg_weights={paths['perceptual'] / 'vgg16.pth'}", f"loss.head_weights={paths['perceptual'] / 'dists.pt'}"]
     specific = per_method.get(method, [f"teacher.path={paths['resshift']}"])
-    return [*common, *specific, *(perceptual if method in ("d3sr", "dfosd") else [])]
+    return [*common, *specific, *(perceptual if method in SD_METHODS else [])]
 
 
 def estimate(method: str, sets: list[str]) -> dict[str, float]:
@@ -274,6 +281,7 @@ def step_seconds(run_dir: Path) -> float:
 
 
 def smoke(method: str, paths: dict[str, Path], precision: str, threads: int, env: dict[str, str], baseline: int) -> dict:
+    load_before = os.getloadavg()[0]
     run_dir = CACHE / "runs" / method
     if run_dir.exists():
         import shutil
@@ -290,7 +298,7 @@ def smoke(method: str, paths: dict[str, Path], precision: str, threads: int, env
     model = next(p for p in (run_dir / "model.safetensors", run_dir / "model") if p.exists())
     upscale_args = [*python(), "-m", "osdsr", "upscale", str(paths["image"]), "-o", str(run_dir / "upscaled"),
                     "--model", str(model)]
-    if method in ("d3sr", "dfosd"):
+    if method in SD_METHODS:
         upscale_args += ["--pretrained", str(paths["sd21"])]
     print(f"{method}: upscaling one image", flush=True)
     upscale = measured_run(upscale_args, env, bar=None)
@@ -300,10 +308,13 @@ def smoke(method: str, paths: dict[str, Path], precision: str, threads: int, env
     measured = train["train_peak_rss"] - baseline
     return {
         "method": method,
-        "crop": SD_CROP if method in ("d3sr", "dfosd") else RESSHIFT_CROP,
+        "crop": SD_CROP if method in SD_METHODS else RESSHIFT_CROP,
         "batch": 1,
         "mixed_precision": precision,
         "gradient_checkpointing": True,
+        "threads": threads,
+        "load_before": round(load_before, 2),
+        "baseline_rss": baseline,
         "step_seconds": round(step_seconds(run_dir), 2),
         "train_seconds": round(train["seconds"], 1),
         "train_peak_rss": int(train["train_peak_rss"]),
@@ -317,57 +328,71 @@ def smoke(method: str, paths: dict[str, Path], precision: str, threads: int, env
     }
 
 
-def write_outputs(results: list[dict], meta: dict) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "fullsize_smoke.json").write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
+def write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def merged_results(out: Path, result: dict) -> list[dict]:
+    """The rows of ``out``'s JSON with ``result``'s method replaced, in ``METHODS`` order (read now:
+    another run may have written). Rows written before rows carried their conditions take the file's."""
+    rows: dict[str, dict] = {}
+    file = out / "fullsize_smoke.json"
+    if file.is_file():
+        previous = json.loads(file.read_text())
+        conditions = {k: previous[k] for k in ("threads", "load_before", "baseline_rss") if k in previous}
+        rows = {r["method"]: {**conditions, **r} for r in previous["results"]}
+    rows[result["method"]] = result
+    return [rows[m] for m in METHODS if m in rows]
+
+
+def write_outputs(out: Path, results: list[dict], machine: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "fullsize_smoke.json", json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
     lines = [
         "# Full-size smoke: 2 training steps of every full config at real size on this CPU",
         "",
-        f"{meta['machine']}; {meta['threads']} threads; load average before: {meta['load_before']}. "
-        f"Batch 1, {meta['precision']} mixed precision, gradient checkpointing on; random-weight stand-ins "
-        "in the official formats (`benchmarks/fullsize_smoke.py`). Interpreter + libraries resident set "
-        f"(subtracted from the training peak to compare with the estimate): {meta['baseline_rss'] / GIB:.2f} GiB.",
+        f"{machine}. Batch 1, bf16 mixed precision where the CPU has it, gradient checkpointing on; random-weight "
+        "stand-ins in the official formats (`benchmarks/fullsize_smoke.py`). Each row gives its torch threads and "
+        "the 1-minute load average when it started (the machine is shared: absolute times are inflated by load). "
+        "Baseline: the resident set of an interpreter with the training imports, subtracted from the training peak "
+        "to compare with the estimate (tensors only).",
         "",
-        "| method | crop | step 2 (s) | training peak RSS (GiB) | process peak RSS (GiB) | upscale 64 px: s / peak RSS (GiB) "
-        "| estimate (GiB) | training peak - baseline (GiB) | estimate / measured |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | crop | precision | threads | load | step 2 (s) | training peak RSS (GiB) | process peak RSS (GiB) "
+        "| upscale 64 px: s / peak RSS (GiB) | estimate (GiB) | baseline (GiB) | training peak - baseline (GiB) "
+        "| estimate / measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['method']} | {r['crop']} | {r['step_seconds']:.1f} | {r['train_peak_rss'] / GIB:.2f} | "
-            f"{r['process_peak_rss'] / GIB:.2f} | {r['upscale_seconds']:.0f} / {r['upscale_peak_rss'] / GIB:.2f} | "
-            f"{r['estimate']['total'] / GIB:.2f} | {r['measured_tensors'] / GIB:.2f} | {r['estimate_ratio']:.2f} |"
+            f"| {r['method']} | {r['crop']} | {r['mixed_precision']} | {r['threads']} | {r['load_before']:.1f} | "
+            f"{r['step_seconds']:.1f} | {r['train_peak_rss'] / GIB:.2f} | {r['process_peak_rss'] / GIB:.2f} | "
+            f"{r['upscale_seconds']:.0f} / {r['upscale_peak_rss'] / GIB:.2f} | {r['estimate']['total'] / GIB:.2f} | "
+            f"{r['baseline_rss'] / GIB:.2f} | {r['measured_tensors'] / GIB:.2f} | {r['estimate_ratio']:.2f} |"
         )
     within = [r["method"] for r in results if abs(r["estimate_ratio"] - 1) <= 0.25]
     lines += ["", f"Estimate within 25% of the measured peak: {', '.join(within) or 'none'} ({len(within)} of {len(results)})."]
-    (OUT / "fullsize_smoke.md").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "fullsize_smoke.md", "\n".join(lines) + "\n")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=OUT, help="folder of fullsize_smoke.{json,md} (merged per method)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO_ROOT / "src"))
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": str(args.threads)}
     precision = "bf16" if has_bf16() else "no"
-    paths = make_stand_ins()
-    meta = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "threads": args.threads,
-        "load_before": os.getloadavg()[0],
-        "precision": precision,
-        "baseline_rss": baseline_rss(env),
-    }
+    paths = make_stand_ins(args.methods)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    baseline = baseline_rss(env)
     for method in args.methods:
-        result = smoke(method, paths, precision, args.threads, env, meta["baseline_rss"])
+        result = smoke(method, paths, precision, args.threads, env, baseline)
         print(json.dumps({k: v for k, v in result.items() if k != "upscaled"}), flush=True)
-        previous = {}  # methods not rerun keep their last figures (read now: another run may have written)
-        if (OUT / "fullsize_smoke.json").is_file():
-            previous = {r["method"]: r for r in json.loads((OUT / "fullsize_smoke.json").read_text())["results"]}
-        previous[method] = result
-        write_outputs([previous[m] for m in METHODS if m in previous], meta)
+        write_outputs(args.out, merged_results(args.out, result), machine)
     return 0
 
 
