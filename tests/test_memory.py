@@ -49,7 +49,7 @@ def test_checkpointing_and_bf16_lower_the_estimate() -> None:
     checkpointed = estimate_training_memory(config, batch_size=4, gradient_checkpointing=True)
     bf16 = estimate_training_memory(config, batch_size=4, mixed_precision="bf16")
     assert checkpointed.step_peak < fp32.step_peak and checkpointed.weights == fp32.weights
-    assert bf16.weights == fp32.weights  # the tiny config reads no pretrained weights (those would be bf16)
+    assert bf16.weights < fp32.weights  # the frozen VAE in bf16, as the trainer places it
     assert bf16.step_peak < fp32.step_peak
 
 

@@ -8,8 +8,9 @@ after the optimisers' state exists, runs on a fake batch, under CPU autocast for
 precision. A dispatch mode counts every tensor storage the steps create, and frees it when the storage
 dies: activations kept for backward, their recomputation under gradient checkpointing, gradients,
 optimiser state, autocast's weight copies and temporaries. The peak of that count plus the weights
-(in the dtypes the method keeps them: D3SR/DFOSD read their frozen pretrained networks in the
-mixed-precision dtype) is the estimate.
+is the estimate; the weights are in the dtypes the trainer keeps them (``osdsr.train.place`` of the
+generator, the discriminator and the method's frozen networks: under mixed precision every frozen
+parameter in the mixed-precision dtype, every trainable one in float32).
 
 Not counted: the framework's own memory (CUDA context, allocator caching and fragmentation; on a CPU,
 the interpreter and libraries), the data pipeline, and the transient peak of loading weights.
@@ -104,14 +105,14 @@ def method_modules(method: Any) -> list[nn.Module]:
     return [value for value in vars(method).values() if isinstance(value, nn.Module)]
 
 
-def cast_frozen(modules: list[nn.Module], dtype: torch.dtype | None) -> None:
-    """Frozen floating-point parameters to ``dtype``, as a method reads its frozen pretrained weights."""
-    if dtype is None:
-        return
-    for module in modules:
-        for param in module.parameters():
-            if not param.requires_grad and param.is_floating_point():
-                param.data = param.data.to(dtype)
+def place_as_trainer(method: Any, mixed_precision: str) -> None:
+    """The trainer's placement (``osdsr.train.Trainer``): the generator, the discriminator and every frozen
+    network of the method through ``osdsr.train.place`` with the mixed-precision frozen dtype."""
+    from osdsr.train import FROZEN_DTYPES, place
+
+    for module in (method.generator, method.discriminator, *method.frozen_modules().values()):
+        if module is not None:
+            place(module, torch.device("cpu"), FROZEN_DTYPES.get(mixed_precision))
 
 
 def weight_storages(modules: list[nn.Module]) -> dict[int, int]:
@@ -211,6 +212,7 @@ def estimate_training_memory(
     with FakeTensorMode(allow_non_fake_inputs=True), mock.patch.object(nn.Module, "to", _to_unless_there):
         with torch.random.fork_rng(), ZeroValues():
             method = FAKE_BUILDERS[config.method](config)
+        place_as_trainer(method, trainer.mixed_precision)
         weights, trainable = weight_bytes(method_modules(method))
         batch = {
             "lr": torch.rand(trainer.batch_size, 3, crop // SCALE, crop // SCALE),
@@ -238,8 +240,6 @@ def _fake_d3sr(config: Any) -> Any:
     from osdsr.methods.d3sr import D3SRMethod
     from osdsr.models.sd_generator import SDGeneratorConfig
 
-    pretrained_generator = config.generator.pretrained is not None
-    pretrained_nad = config.discriminator.kind in ("sd21", "sdxl") and config.discriminator.pretrained is not None
     generator = config.generator
     if generator.pretrained is not None or generator.unet is None:  # the SD-2.1-base architecture
         full = SDGeneratorConfig.full()
@@ -250,13 +250,9 @@ def _fake_d3sr(config: Any) -> Any:
     perceptual_log = logging.getLogger("osdsr.losses.perceptual")  # random VGG weights are the point here
     was_disabled, perceptual_log.disabled = perceptual_log.disabled, True
     try:
-        method = D3SRMethod(config, random_init=True)
+        return D3SRMethod(config, random_init=True)
     finally:
         perceptual_log.disabled = was_disabled
-    # random weights stand in for the pretrained folders, which D3SRMethod reads in the mixed-precision dtype
-    read = [network for network, folder in ((method.generator, pretrained_generator), (method.discriminator, pretrained_nad)) if folder]
-    cast_frozen(read, MIXED_DTYPES[config.trainer.mixed_precision])
-    return method
 
 
 def _fake_resshift(config: Any) -> Any:

@@ -261,13 +261,14 @@ def load_initial_weights(module: nn.Module, path: Path) -> None:
 
 
 def place(module: nn.Module, device: torch.device, frozen_dtype: torch.dtype | None) -> None:
-    """Move ``module`` to ``device``; with ``frozen_dtype``, cast its frozen floating-point parameters to it
-    (trainable parameters and buffers keep their dtype)."""
+    """Move ``module`` to ``device``; with ``frozen_dtype``, its frozen floating-point parameters in that
+    dtype and its trainable ones in float32 (adapters that peft made in the dtype of a base read in
+    ``frozen_dtype``: the optimiser's state follows its parameters); buffers keep their dtype."""
     module.to(device)
     if frozen_dtype is not None:
         for param in module.parameters():
-            if not param.requires_grad and param.is_floating_point():
-                param.data = param.data.to(frozen_dtype)
+            if param.is_floating_point():
+                param.data = param.data.to(torch.float32 if param.requires_grad else frozen_dtype)
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:

@@ -100,3 +100,66 @@ def test_bf16_keeps_frozen_weights_in_bf16_and_trains_in_float32(
     moments = [v for opt in trainer.optimizers.values() for state in opt.state.values() for v in state.values()]
     assert moments and all(v.dtype == torch.float32 for v in moments if v.dim() > 0)
     assert trainer.export() is not None
+
+
+def test_pretrained_frozen_weights_are_read_in_bf16(
+    tmp_path: Path,
+    small_run: Callable[..., list[str]],
+    tiny_sd_folder: Path,
+    tiny_sdxl_folder: Path,
+    fresh_accelerator_state: None,
+) -> None:
+    """bf16 training of D3SR on local diffusers folders: the SD UNet under LoRA, the VAE and the SDXL NAD's
+    encoder come out of their files in bf16 (read so, not cast by the trainer later); after the trainer's
+    placement every trainable weight (LoRA, head) and its Adam moments are float32, and two steps train."""
+    lora = "{rank: 4, alpha: 4}"
+    settings = small_run(
+        "trainer.mixed_precision=bf16",
+        "trainer.max_steps=2",
+        f"generator.pretrained={tiny_sd_folder}",
+        f"generator.lora={lora}",
+        "discriminator.kind=sdxl",
+        f"discriminator.pretrained={tiny_sdxl_folder}",
+        f"discriminator.lora={lora}",
+        "discriminator.channels=8",
+    )[1::2]
+    run_config = load_run_config(REPO_ROOT / "configs" / "d3sr-tiny.yaml", settings)
+    _, build = resolve_method(run_config.method)
+    method = build(run_config)
+    read = {
+        "unet": method.generator.unet,
+        "vae": method.generator.autoencoder,
+        "nad encoder": method.discriminator.encoder,
+    }
+    for name, network in read.items():
+        frozen = {k: p.dtype for k, p in network.named_parameters() if not p.requires_grad}
+        assert frozen and set(frozen.values()) == {torch.bfloat16}, name
+
+    trainer = Trainer(method, run_config, run_config.trainer, run_config.data, tmp_path)
+    before = {k: p.detach().clone() for k, p in trainer.unwrapped_generator.named_parameters() if p.requires_grad}
+    logs = trainer.train(progress=False)
+    assert trainer.step == run_config.trainer.max_steps and all(math.isfinite(v) for v in logs.values())
+    for name, network in {"generator": method.generator, "discriminator": method.discriminator}.items():
+        for key, param in network.named_parameters():
+            expected = torch.float32 if param.requires_grad else torch.bfloat16
+            assert param.dtype == expected, f"{name}.{key}: {param.dtype}"
+    after = dict(trainer.unwrapped_generator.named_parameters())
+    assert any("lora_" in k and not torch.equal(after[k], v) for k, v in before.items())
+    moments = [v for opt in trainer.optimizers.values() for state in opt.state.values() for v in state.values()]
+    assert moments and all(v.dtype == torch.float32 for v in moments if v.dim() > 0)
+
+
+@pytest.mark.parametrize("config", ["d3sr-tiny.yaml", "resshift-tiny.yaml"])
+def test_memory_estimate_counts_the_weights_the_trainer_places(
+    config: str, tmp_path: Path, small_run: Callable[..., list[str]], teacher_folder: Path, fresh_accelerator_state: None
+) -> None:
+    """``osdsr.memory``'s bf16 weights are the trainer's: frozen networks (the VAE, ResShift's autoencoder) in
+    bf16, trainable weights in float32 (not the frozen networks counted in float32). (The students' estimates
+    build the official full-size teacher, so a tiny student run has other weights.)"""
+    from osdsr.memory import estimate_training_memory, method_modules, weight_bytes
+
+    settings = [s for s in small_run("trainer.mixed_precision=bf16")[1::2] if not s.startswith("data.crop_size")]
+    trainer = build_trainer(config, tmp_path, settings, teacher_folder)  # at the config's crop (ResShift's minimum)
+    placed, trainable = weight_bytes(method_modules(trainer.method))
+    estimate = estimate_training_memory(trainer.run_config)
+    assert (estimate.weights, estimate.trainable) == (placed, trainable)

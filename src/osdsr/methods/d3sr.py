@@ -40,7 +40,7 @@ from osdsr.models.sd_generator import (
     save_sd_model,
     upsample_lr,
 )
-from osdsr.train import DataConfig, Outputs, TrainerConfig
+from osdsr.train import FROZEN_DTYPES, DataConfig, Outputs, TrainerConfig
 
 RGB_CHANNELS = 3
 NAD_HEAD_CHANNELS = 512  # hidden width of the NAD head in configs/d3sr.yaml and configs/dfosd.yaml
@@ -96,12 +96,18 @@ class D3SRConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
 
-def build_discriminator(config: DiscriminatorConfig, latent_channels: int, random_init: bool = False) -> nn.Module | None:
+def build_discriminator(
+    config: DiscriminatorConfig,
+    latent_channels: int,
+    random_init: bool = False,
+    frozen_dtype: torch.dtype | None = None,
+) -> nn.Module | None:
     """The configured discriminator (None for kind 'none').
 
     The plain CNN judges RGB images (pixel space, as in D3SR Table 6); the others judge noised
     latents of ``latent_channels``. ``random_init``: a NAD without ``pretrained`` is the full-size
-    architecture with random weights (memory estimates) instead of an error.
+    architecture with random weights (memory estimates) instead of an error. ``frozen_dtype``: the
+    dtype a NAD reads its pretrained UNet in.
     """
     if config.kind == "none":
         return None
@@ -111,7 +117,7 @@ def build_discriminator(config: DiscriminatorConfig, latent_channels: int, rando
         return LatentPatchDiscriminator(latent_channels, config.channels, config.num_layers, time_conditioned=True)
     from osdsr.models.nad_discriminator import build_nad_discriminator
 
-    return build_nad_discriminator(config, latent_channels, random_init=random_init)
+    return build_nad_discriminator(config, latent_channels, random_init=random_init, frozen_dtype=frozen_dtype)
 
 
 ComplexityParts = dict[str, tuple[nn.Module, Callable[[], tuple[torch.Tensor, ...]]]]
@@ -141,14 +147,16 @@ class D3SRMethod:
                 f"generator.pretrained {base}: no such folder; set it to a local diffusers folder of "
                 "SD-2.1-base with --set generator.pretrained=DIR"
             )
-        self.generator: SDOneStepGenerator = build_sd_generator(config.generator)
+        # under mixed precision the frozen SD / SDXL weights are read in the trainer's frozen dtype
+        frozen_dtype = FROZEN_DTYPES.get(config.trainer.mixed_precision)
+        self.generator: SDOneStepGenerator = build_sd_generator(config.generator, frozen_dtype=frozen_dtype)
         latent_channels = self.generator.unet.config.in_channels
         schedule_steps = self.generator.schedule.num_train_timesteps
         if not 0 <= config.discriminator.max_timestep <= schedule_steps:
             raise ValueError(
                 f"discriminator.max_timestep {config.discriminator.max_timestep} must be in [0, {schedule_steps}]"
             )
-        self.discriminator = build_discriminator(config.discriminator, latent_channels, random_init)
+        self.discriminator = build_discriminator(config.discriminator, latent_channels, random_init, frozen_dtype)
         if config.trainer.gradient_checkpointing:
             self.generator.enable_gradient_checkpointing()
             if isinstance(self.discriminator, NoiseAwareDiscriminator):

@@ -209,12 +209,15 @@ def build_nad_discriminator(
     latent_channels: int,
     device: torch.device | str | None = None,
     random_init: bool = False,
+    frozen_dtype: torch.dtype | None = None,
 ) -> NoiseAwareDiscriminator:
     """The NAD of ``config.kind`` (sd21 / sdxl) from the local folder ``config.pretrained``.
 
     On ``device="meta"`` nothing is allocated; there, or with ``random_init`` (memory estimates on fake
     tensors), a config without ``pretrained`` gets the kind's full-size architecture
-    (``NAD_ARCHITECTURES``) with random weights.
+    (``NAD_ARCHITECTURES``) with random weights. ``frozen_dtype`` (mixed-precision training): the
+    pretrained UNet is read from its files in this dtype (no float32 copy of the whole UNet first); its
+    LoRA adapters follow it until the trainer's placement puts the trainable parts in float32.
     """
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig, inject_adapter_in_model
@@ -248,7 +251,7 @@ def build_nad_discriminator(
     elif from_architecture:
         unet = UNet2DConditionModel(**architecture)
     else:
-        unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True)
+        unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True, torch_dtype=frozen_dtype)
     encoder = UNetEncoder(unet).requires_grad_(False)
     del unet  # up blocks and output layers are not used
     with torch.device(device or "cpu"):

@@ -262,12 +262,18 @@ def add_lora(unet: nn.Module, lora: LoRAConfig) -> None:
 
 
 def build_sd_generator(
-    config: SDGeneratorConfig, device: torch.device | str | None = None, prompt_embedding: torch.Tensor | None = None
+    config: SDGeneratorConfig,
+    device: torch.device | str | None = None,
+    prompt_embedding: torch.Tensor | None = None,
+    frozen_dtype: torch.dtype | None = None,
 ) -> SDOneStepGenerator:
     """Build the generator: pretrained weights from a local folder, or a random init of the given configs.
 
     ``prompt_embedding``: a stored embedding (a trained model's), used as it is: the text encoder is not
     run. On ``device="meta"`` nothing is allocated (used for complexity reports of the full size).
+    ``frozen_dtype`` (mixed-precision training): the frozen pretrained networks (the VAE; the UNet under
+    LoRA) are read from their files in this dtype, with no float32 copy first; their LoRA adapters come in
+    that dtype too (peft follows the base layer) until the trainer's placement puts them in float32.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -275,8 +281,13 @@ def build_sd_generator(
     meta = device is not None and torch.device(device).type == "meta"
     if config.pretrained is not None and not meta:
         root = Path(config.pretrained)
-        unet = UNet2DConditionModel.from_pretrained(root / "unet", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(root / "vae", local_files_only=True) if vae_cfg is not None else None
+        unet_dtype = frozen_dtype if config.lora is not None else None  # a UNet without LoRA trains whole
+        unet = UNet2DConditionModel.from_pretrained(root / "unet", local_files_only=True, torch_dtype=unet_dtype)
+        vae = (
+            AutoencoderKL.from_pretrained(root / "vae", local_files_only=True, torch_dtype=frozen_dtype)
+            if vae_cfg is not None
+            else None
+        )
     else:
         with torch.device(device or "cpu"):
             unet = UNet2DConditionModel(**_architecture(unet_cfg))
