@@ -19,11 +19,12 @@ the estimate of ``osdsr.memory`` at the same batch, crop, precision and checkpoi
 counts tensors only, so it is compared with the training peak minus the resident set of a process
 that has imported what ``osdsr train`` imports (interpreter, torch, diffusers, peft).
 
-    python3 benchmarks/fullsize_smoke.py [--methods d3sr dfosd resshift sinsr tadsr tddsr] [--threads 2] [--out DIR]
+    python3 benchmarks/fullsize_smoke.py [--methods d3sr dfosd resshift sinsr tadsr tddsr] [--threads 2] [--out DIR] [--estimate-only]
 
 Writes ``benchmarks/out/fullsize_smoke.{json,md}`` (or under ``--out``) after each method, merged per
 method: a method's row is replaced when it is rerun, the others keep their figures and the conditions
-they were measured under (threads, load average). Only the stand-ins that the chosen methods need are
+they were measured under (threads, load average); ``--estimate-only`` recomputes just the estimate of
+recorded rows (after a change of ``osdsr.memory``). Only the stand-ins that the chosen methods need are
 written. Needs about 10 GiB free for D3SR (the SDXL UNet is read whole before it is cut after its mid
 block) and 12 GB of disk for the stand-ins.
 """
@@ -334,16 +335,21 @@ def write_atomic(path: Path, text: str) -> None:
     temporary.replace(path)
 
 
+def recorded_rows(out: Path) -> dict[str, dict]:
+    """The rows of ``out``'s JSON by method; rows written before rows carried their conditions (threads,
+    load, baseline) take the file's."""
+    file = out / "fullsize_smoke.json"
+    if not file.is_file():
+        return {}
+    previous = json.loads(file.read_text())
+    conditions = {k: previous[k] for k in ("threads", "load_before", "baseline_rss") if k in previous}
+    return {r["method"]: {**conditions, **r} for r in previous["results"]}
+
+
 def merged_results(out: Path, result: dict) -> list[dict]:
     """The rows of ``out``'s JSON with ``result``'s method replaced, in ``METHODS`` order (read now:
-    another run may have written). Rows written before rows carried their conditions take the file's."""
-    rows: dict[str, dict] = {}
-    file = out / "fullsize_smoke.json"
-    if file.is_file():
-        previous = json.loads(file.read_text())
-        conditions = {k: previous[k] for k in ("threads", "load_before", "baseline_rss") if k in previous}
-        rows = {r["method"]: {**conditions, **r} for r in previous["results"]}
-    rows[result["method"]] = result
+    another run may have written)."""
+    rows = {**recorded_rows(out), result["method"]: result}
     return [rows[m] for m in METHODS if m in rows]
 
 
@@ -376,16 +382,35 @@ def write_outputs(out: Path, results: list[dict], machine: str) -> None:
     write_atomic(out / "fullsize_smoke.md", "\n".join(lines) + "\n")
 
 
+def reestimate(out: Path, methods: list[str]) -> int:
+    """Replace the estimate (and its ratio) of the recorded rows of ``methods``; the measured figures stay."""
+    machine = json.loads((out / "fullsize_smoke.json").read_text())["machine"]
+    unused = {k: CACHE / k for k in ("sd21", "sdxl", "resshift", "perceptual")}  # the estimate reads no file
+    for method, row in recorded_rows(out).items():
+        if method in methods:
+            row["estimate"] = estimate(row["method"], overrides(row["method"], unused, row["mixed_precision"], row["threads"]))
+            row["estimate_ratio"] = round(row["estimate"]["total"] / row["measured_tensors"], 3)
+            print(f"{row['method']}: estimate {row['estimate']['total'] / GIB:.2f} GiB, ratio {row['estimate_ratio']}", flush=True)
+            write_outputs(out, merged_results(out, row), machine)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT, help="folder of fullsize_smoke.{json,md} (merged per method)")
+    parser.add_argument(
+        "--estimate-only", action="store_true",
+        help="recompute only the estimate of the methods' recorded rows with this checkout's osdsr.memory",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO_ROOT / "src"))
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": str(args.threads)}
     precision = "bf16" if has_bf16() else "no"
+    if args.estimate_only:
+        return reestimate(args.out, args.methods)
     paths = make_stand_ins(args.methods)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     baseline = baseline_rss(env)
