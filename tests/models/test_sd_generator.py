@@ -152,3 +152,21 @@ def test_gradient_checkpointing_of_unet_and_vae_decoder_keeps_less_with_the_same
         generator, generator.enable_gradient_checkpointing, lambda: generator(x)[1].square().mean()
     )
     assert generator.unet.is_gradient_checkpointing and generator.autoencoder.decoder.gradient_checkpointing
+
+
+def test_the_loaded_sr_model_encodes_channels_last_latents_with_the_same_outputs(tmp_path: Path) -> None:
+    """Inference loads the UNet channels-last and the latents with it: same values, no layout mixing."""
+    from osdsr.model_loading import LoadOptions
+    from osdsr.models.sd_generator import SDSRModel, load_sd_sr_model
+
+    unet = {**TINY_UNET, "down_block_types": ["DownBlock2D"] * 2, "up_block_types": ["UpBlock2D"] * 2}
+    config = tiny_config(lora=None, unet=unet, prompt_embedding="learnable")
+    save_sd_model(build_sd_generator(config), config, tmp_path / "model")
+    model = load_sd_sr_model(tmp_path / "model", LoadOptions())
+    plain = SDSRModel(load_sd_generator(tmp_path / "model")[0]).eval()
+    lr = torch.rand(1, 3, 12, 8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        latent = model.encode(lr)
+        assert latent.is_contiguous(memory_format=torch.channels_last) and plain.encode(lr).is_contiguous()
+        torch.testing.assert_close(latent, plain.encode(lr), rtol=0, atol=0)
+        torch.testing.assert_close(model.decode(model.denoise(latent, None)), plain.decode(plain.denoise(latent, None)))

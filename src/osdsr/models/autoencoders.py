@@ -21,20 +21,39 @@ from osdsr.config import ranged
 
 
 class PixelUnshuffleAutoencoder(nn.Module):
-    """Lossless f-times downsampling: ``[B, C, H, W] -> [B, C*f*f, H/f, W/f]`` and back."""
+    """Lossless f-times downsampling: ``[B, C, H, W] -> [B, C*f*f, H/f, W/f]`` and back.
 
-    def __init__(self, factor: int = 4, image_channels: int = 3) -> None:
+    ``channels_last_latents``: encode into a channels-last latent (same values), for a denoiser whose
+    convolutions run channels-last: it then neither reorders its input nor mixes layouts in elementwise
+    maths with its output, which on CPUs costs a strided pass each. ``decode`` takes either layout and
+    returns a contiguous image.
+    """
+
+    def __init__(self, factor: int = 4, image_channels: int = 3, channels_last_latents: bool = False) -> None:
         super().__init__()
         self.factor = factor
         self.image_channels = image_channels
         self.latent_channels = image_channels * factor * factor
         self.scaling_factor = 1.0
+        self.channels_last_latents = channels_last_latents
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        return F.pixel_unshuffle(image, self.factor)
+        if not self.channels_last_latents:
+            return F.pixel_unshuffle(image, self.factor)
+        # one copy into [B, h, w, C, f, f]: the channels-last layout of pixel_unshuffle's [B, C*f*f, h, w]
+        batch, channels, height, width = image.shape
+        f = self.factor
+        latent = image.reshape(batch, channels, height // f, f, width // f, f).permute(0, 2, 4, 1, 3, 5)
+        return latent.reshape(batch, height // f, width // f, channels * f * f).permute(0, 3, 1, 2)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(latent, self.factor)
+        if latent.is_contiguous():
+            return F.pixel_shuffle(latent, self.factor)
+        # any other layout: one copy straight into a contiguous image (pixel_shuffle keeps channels-last)
+        batch, _, height, width = latent.shape
+        f = self.factor
+        image = latent.permute(0, 2, 3, 1).reshape(batch, height, width, -1, f, f).permute(0, 3, 1, 4, 2, 5)
+        return image.reshape(batch, -1, height * f, width * f)
 
 
 # --- VQGAN-f4 of the official ResShift release ---------------------------------------------------
