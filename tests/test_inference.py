@@ -233,6 +233,40 @@ def test_bf16_on_a_model_loaded_in_fp32_autocasts_it() -> None:
     assert fast.dtype == torch.float32 and (fast - reference).abs().mean() < 2 / 255
 
 
+def test_the_wavelet_reference_is_the_bicubic_of_the_float32_lr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In bf16 only the model runs in bf16: the colour reference is not taken from a rounded LR."""
+    seen = []
+
+    def spy(image: torch.Tensor, scale: int = 4) -> torch.Tensor:
+        seen.append(image)
+        return bicubic_upsample(image, scale)
+
+    monkeypatch.setattr(inference, "bicubic_upsample", spy)
+    for tile in (0, 16):
+        upscale_tensor(TinyConvSR().to(torch.bfloat16).eval(), _lr(), tile=tile, tile_overlap=8, dtype=torch.bfloat16)
+    assert len(seen) > 2  # the untiled run and each tile
+    for image in seen:  # random LR values are not bf16 numbers: none was rounded on the way
+        assert image.dtype == torch.float32 and not torch.equal(image, image.bfloat16().float())
+
+
+def test_one_tile_stage_outputs_stay_in_the_compute_dtype() -> None:
+    """No float32 round trip between stages of an untiled bf16 run; tiles are blended in float32."""
+    image = torch.rand(1, 3, 8, 8)
+    for tile, dtype in ((0, torch.bfloat16), (4, torch.float32)):
+        layout = TileLayout.plan(8, 8, tile, 2)
+        out = blend_tiles(lambda x: x, [(image, Fraction(1))], layout, Fraction(1), dtype=torch.bfloat16)
+        assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_check_finite_refuses_any_nan_or_inf(bad: float) -> None:
+    hr = torch.rand(1, 3, 16, 16)
+    inference.check_finite(hr)
+    hr[0, 1, 7, 3] = bad
+    with pytest.raises(ValueError, match="NaN/inf"):
+        inference.check_finite(hr)
+
+
 def test_preferred_dtype_is_bf16_only_on_cpus_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     for capabilities, expected in (({"avx512_bf16": True}, torch.bfloat16), ({"amx_bf16": True}, torch.bfloat16),
                                    ({"avx512_bf16": False, "avx2": True}, torch.float32), ({}, torch.float32)):

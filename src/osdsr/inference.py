@@ -139,7 +139,8 @@ def blend_tiles(
     Each input is (tensor ``[B, C, H, W]`` or None, its grid factor in pixels per LR pixel); ``fn``
     gets the tiles (or None) in the same order and returns a tile on the ``out_factor`` grid. Up to
     ``batch_size`` tiles go through ``fn`` at once. A layout of one tile calls ``fn`` once on the
-    whole inputs, so untiled runs are exact. The result is float32, on the first input's device.
+    whole inputs, so untiled runs are exact, and returns its output as it is (the next stage casts it,
+    no float32 round trip); more tiles are blended in float32. On the first input's device.
     """
     expected = (_on_grid(layout.tile_height, out_factor), _on_grid(layout.tile_width, out_factor))
     if len(layout) == 1:
@@ -160,7 +161,7 @@ def blend_tiles(
             None if x is None else _cast(torch.cat([_crop(x, factor, box, layout) for box in chunk]), dtype)
             for x, factor in inputs
         ]
-        outputs = _call(fn, tiles, expected).split(images.shape[0])
+        outputs = _call(fn, tiles, expected).float().split(images.shape[0])
         if canvas is None:
             height, width = _on_grid(layout.height, out_factor), _on_grid(layout.width, out_factor)
             canvas = torch.zeros(images.shape[0], outputs[0].shape[1], height, width, device=images.device)
@@ -189,7 +190,7 @@ def _call(fn: Callable[..., torch.Tensor], tiles: list[torch.Tensor | None], exp
     if tuple(output.shape[-2:]) != expected:
         name = getattr(fn, "__qualname__", repr(fn))
         raise ValueError(f"{name} returned spatial size {tuple(output.shape[-2:])}, expected {expected}")
-    return output.float()
+    return output
 
 
 def upscale_tensor(
@@ -253,12 +254,15 @@ def upscale_tensor(
         if color_fix == "wavelet":
 
             def decode(z_tile: torch.Tensor, lr_tile: torch.Tensor) -> torch.Tensor:
-                reference = bicubic_upsample(lr_tile.float(), model.scale)
-                return wavelet_color_fix(model.decode(z_tile).float(), reference)
+                # the reference from the float32 LR, not from its rounding to the compute dtype
+                reference = bicubic_upsample(lr_tile, model.scale)
+                return wavelet_color_fix(model.decode(_cast(z_tile, dtype)).float(), reference)
 
-            hr = blend_tiles(decode, [(z_hr, latent_factor), (padded, Fraction(1))], out_factor=hr_factor, **blend)
+            hr = blend_tiles(
+                decode, [(z_hr, latent_factor), (padded, Fraction(1))], out_factor=hr_factor, **{**blend, "dtype": None}
+            )
         else:
-            hr = blend_tiles(model.decode, [(z_hr, latent_factor)], out_factor=hr_factor, **blend)
+            hr = blend_tiles(model.decode, [(z_hr, latent_factor)], out_factor=hr_factor, **blend).float()
         del z_hr
         hr = hr[:, :, : height * model.scale, : width * model.scale]
         check_finite(hr)
@@ -294,8 +298,11 @@ def preferred_dtype(device: torch.device | str) -> torch.dtype:
 
 
 def check_finite(hr: torch.Tensor) -> None:
-    """A model whose weights are ruined (or a half-precision overflow) gives NaN/inf: refuse to write it."""
-    if not torch.isfinite(hr).all():
+    """A model whose weights are ruined (or a half-precision overflow) gives NaN/inf: refuse to write it.
+
+    One reduction: the min and max propagate NaN and are infinite when any value is (``isfinite(hr).all()``
+    makes four passes and a mask of the image)."""
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(hr))).all()):
         raise ValueError(
             "the model's output has NaN/inf values; its weights are broken (export an earlier checkpoint) or, "
             "with --dtype bf16/fp16, the computation overflowed (use --dtype fp32)"
