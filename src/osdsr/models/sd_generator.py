@@ -97,7 +97,7 @@ class SDGeneratorConfig:
     scheduler: dict[str, Any] | None = None  # DDPM scheduler config when not pretrained
     timestep: int = ranged(999, "[0, inf)")  # T_L, the fixed intermediate step (D3SR Eq. 1)
     # a strength control: the one step's timestep at strength 0 and at strength 1 (None: always T_L)
-    strength_timesteps: tuple[int, int] | None = None
+    strength_timesteps: tuple[int, int] | None = ranged(None, "[0, inf)")
     default_strength: float = ranged(0.0, "[0, 1]")  # used when no strength is asked for
     prompt_embedding: Literal["fixed", "learnable"] = "fixed"  # D3SR: fixed; DFOSD: learnable
     prompt: str = ""  # encoded once with the base folder's text encoder, if it has one
