@@ -48,7 +48,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 512  # LR side: 512 -> 2048
 PEAK_SIDE = 4096  # matmul side for the peaks
 PNG_LEVELS = (0, 1, 3, 6, 9)  # zlib levels; Pillow's default is 6
-MODELS = ("default", "bicubic", "lanczos")
+MODELS = ("default", "default-v1", "bicubic", "lanczos")
+NETWORKS = ("default", "default-v1")  # timed in fp32 and bf16
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> float:
@@ -82,7 +83,7 @@ def in_process(lr: torch.Tensor, repeats: int) -> tuple[list[dict], dict[str, to
     """Stage times of each model and dtype on ``lr``; also returns the outputs by row name."""
     rows, outputs = [], {}
     for name in MODELS:
-        dtypes = (torch.float32, torch.bfloat16) if name == "default" else (torch.float32,)
+        dtypes = (torch.float32, torch.bfloat16) if name in NETWORKS else (torch.float32,)
         for dtype in dtypes:
             model = load_sr_model(name, LoadOptions(dtype=dtype))
             x = lr.to(dtype)
@@ -158,6 +159,7 @@ def per_process(small: Path, photo: Path, out: Path, repeats: int) -> dict:
         ("upscale_16px_bicubic_s", [str(small), "--model", "bicubic"]),
         ("upscale_512px_default_s", [str(photo)]),
         ("upscale_512px_default_fp32_s", [str(photo), "--dtype", "fp32"]),
+        ("upscale_512px_default_v1_s", [str(photo), "--model", "default-v1"]),
     ):
         result[label] = min(run_seconds(upscale + extra) for _ in range(repeats))
     result["help_s"] = {
@@ -195,7 +197,8 @@ def markdown(report: dict) -> str:
             f"| {row['color_fix_s']:.3f} | {row['upscale_tensor_s']:.3f} | {row['network_gflop']:.1f} "
             f"| {row['network_gflops_per_s']:.0f} | {share} |"
         )
-    lines += ["", f"bf16 output against fp32 output (default model): PSNR {report['bf16_psnr_db']:.1f} dB.", ""]
+    psnrs = ", ".join(f"{name} {db:.1f} dB" for name, db in report["bf16_psnr_db"].items())
+    lines += ["", f"PSNR of the bf16 output against the fp32 output: {psnrs}.", ""]
     m = report["color_fix_malloc"]
     lines += [f"Colour fix of the 2048x2048 output with glibc's default malloc: {m['default_malloc_s']:.3f} s; with "
               f"freed memory kept in the heap (osdsr.allocator, what osdsr upscale does; applied: "
@@ -211,7 +214,8 @@ def markdown(report: dict) -> str:
         f"loading the default model after them: {p['model_load_s']:.2f}",
         f"- `osdsr upscale` 16x16, default model: {p['upscale_16px_default_s']:.2f}; bicubic: {p['upscale_16px_bicubic_s']:.2f}",
         f"- `osdsr upscale` 512x512 -> 2048x2048, default model (--dtype auto): {p['upscale_512px_default_s']:.2f}; "
-        f"--dtype fp32: {p['upscale_512px_default_fp32_s']:.2f}",
+        f"--dtype fp32: {p['upscale_512px_default_fp32_s']:.2f}; default-v1 (--dtype auto): "
+        f"{p['upscale_512px_default_v1_s']:.2f}",
         "- `--help`: " + ", ".join(f"{c} {s:.2f}" for c, s in p["help_s"].items()),
         "",
     ]
@@ -247,7 +251,9 @@ def main() -> None:
     malloc["kept_s"] = best_of(lambda: wavelet_color_fix(reference, reference), args.repeats)
     report["color_fix_malloc"] = malloc
     report["in_process"], outputs = in_process(lr, args.repeats)
-    report["bf16_psnr_db"] = psnr_rgb(outputs["default bfloat16"].double(), outputs["default float32"].double())
+    report["bf16_psnr_db"] = {
+        name: psnr_rgb(outputs[f"{name} bfloat16"].double(), outputs[f"{name} float32"].double()) for name in NETWORKS
+    }
     report["png"] = png_writes(outputs["default float32"], args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         small, photo = Path(tmp) / "small.png", Path(tmp) / "photo.png"
