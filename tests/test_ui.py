@@ -71,17 +71,17 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]
 
 
 def test_upscale_api_equals_the_command_line(page: tuple[str, Path], tmp_path: Path) -> None:
-    """/upscale returns the very PNG that osdsr upscale writes with the same settings; the page serves
-    its outputs and nothing else."""
+    """/upscale returns the very PNG that osdsr upscale writes with the same settings (strength included);
+    the page serves its outputs and nothing else."""
     client_module = _need("gradio_client")
     import httpx
 
     url, output = page
     client = client_module.Client(url, verbose=False)
     served = client.predict(
-        client_module.handle_file(str(PHOTOS[0])), "default", 128, "adain", api_name="/upscale"
+        client_module.handle_file(str(PHOTOS[0])), "default", 128, "adain", 0.25, api_name="/upscale"
     )
-    upscale = ["upscale", str(PHOTOS[0]), "-o", str(tmp_path), "--tile", "128", "--color-fix", "adain"]
+    upscale = ["upscale", str(PHOTOS[0]), "-o", str(tmp_path), "--tile", "128", "--color-fix", "adain", "--strength", "0.25"]
     assert main([*upscale, "--dtype", "fp32"]) == 0  # the page runs fp32 (osdsr ui --dtype)
     written = tmp_path / "rocket.png"
     assert Path(served).read_bytes() == written.read_bytes()
@@ -108,6 +108,8 @@ def _browser(profile: Path):
 
 def test_page_in_headless_chromium(page: tuple[str, Path], tmp_path: Path) -> None:
     """Two photos and a corrupt file dropped on the page: two sliders at x4, one message, one zip."""
+    from osdsr.model_loading import load_sr_model
+
     url, output = page
     corrupt = tmp_path / "broken.png"
     corrupt.write_bytes(np.random.default_rng(0).bytes(600))
@@ -118,6 +120,8 @@ def test_page_in_headless_chromium(page: tuple[str, Path], tmp_path: Path) -> No
 
         wait = WebDriverWait(driver, PAGE_TIMEOUT_S)
         driver.get(url)
+        slider = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#strength input[type=number]"))
+        assert float(slider.get_attribute("value")) == load_sr_model("default").strength  # the model's own default
         picker = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#inputs input[type=file]"))
         picker.send_keys("\n".join(str(p) for p in (*PHOTOS, corrupt)))
         wait.until(lambda d: all(p.stem in d.find_element(By.ID, "inputs").text for p in (*PHOTOS, corrupt)))

@@ -27,10 +27,11 @@ from osdsr.choices import COLOR_FIXES
 from osdsr.commands.upscale import DEFAULT_TILE, UpscaleSettings, upscale_file
 from osdsr.model_loading import DEFAULT_MODEL
 from osdsr.models.classical import CLASSICAL_INTERPOLATIONS
-from osdsr.models.sr_model import SRModel
+from osdsr.models.sr_model import SRModel, at_strength
 
 MAX_TILE = 2048  # LR pixels: the largest tile the slider offers
 TILE_STEP = 32
+STRENGTH_STEP = 0.05
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ def build_app(
     settings: UpscaleSettings = UpscaleSettings(),
 ) -> gr.Blocks:
     """The page. ``load_model(name)`` is called once per model name (its result kept); ``settings``
-    gives the defaults of the page's controls and the device, dtype, seed and overlap of every run."""
+    gives the defaults of the page's controls and the device, dtype, seed and overlap of every run. The
+    strength slider starts at the default model's own strength (it is loaded now) and moves only models
+    that have a strength control."""
     output_dir.mkdir(parents=True, exist_ok=True)
     loaded: dict[str, SRModel] = {}
 
@@ -94,25 +97,31 @@ def build_app(
             raise gr.Error(f"tile size must be 0 or larger than the overlap of {settings.tile_overlap} pixels")
         return dataclasses.replace(settings, tile=int(tile), color_fix=color_fix)
 
-    def upscale_one(path: str, model_name: str, tile: float, color_fix: str) -> str:
-        """API ``/upscale``: one image file -> the path of its x4 PNG."""
+    def model_at(name: str, strength: float | None) -> SRModel:
+        try:
+            return at_strength(model_for(name), strength)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def upscale_one(path: str, model_name: str, tile: float, color_fix: str, strength: float | None = None) -> str:
+        """API ``/upscale``: one image file -> the path of its x4 PNG (``strength``: None, the model's own)."""
         if not path:
             raise gr.Error("no image given")
-        source, job, model = Path(path), run_settings(tile, color_fix), model_for(model_name)
+        source, job, model = Path(path), run_settings(tile, color_fix), model_at(model_name, strength)
         try:
             return str(upscale_file(model, source, _unique_target(output_dir, source), job))
         except (ValueError, OSError, RuntimeError) as exc:
             raise gr.Error(str(exc)) from None
 
     def upscale_many(
-        paths: list[str] | None, model_name: str, tile: float, color_fix: str, progress=gr.Progress()
+        paths: list[str] | None, model_name: str, tile: float, color_fix: str, strength: float, progress=gr.Progress()
     ) -> Iterator[tuple[list[PageResult], str, str | None]]:
         """The page's job: every dropped file in turn; yields (results, messages, downloads) after each."""
         if not paths:
             raise gr.Error("drop or pick one or more images first")
         job = run_settings(tile, color_fix)
         progress(0.0, desc="loading the model")
-        model = model_for(model_name)
+        model = model_at(model_name, strength)
         results: list[PageResult] = []
         messages: list[str] = []
         archive = output_dir / f"osdsr_results_{secrets.token_hex(4)}.zip"
@@ -130,6 +139,7 @@ def build_app(
                 messages.append(f"**{source.name}** failed: {reason}")
             yield results, _status(results, messages, len(paths)), _downloads(results, archive)
 
+    default_strength = getattr(model_for(DEFAULT_MODEL), "strength", None)
     with gr.Blocks(title="osdsr: x4 super-resolution") as app:
         gr.Markdown("# osdsr: x4 super-resolution\nDrop images, choose the model and settings, press **Upscale**.")
         with gr.Row():
@@ -138,8 +148,10 @@ def build_app(
                 model = gr.Dropdown(model_choices(models), value=DEFAULT_MODEL, label="model", elem_id="model")
                 tile = gr.Slider(0, MAX_TILE, value=settings.tile, step=TILE_STEP, label="tile size (LR pixels, 0: whole image)")
                 color_fix = gr.Radio(list(COLOR_FIXES), value=settings.color_fix, label="colour fix")
-                # A strength control goes here, beside the colour fix, once a model has one: an input of
-                # upscale_many and upscale_one, passed on in UpscaleSettings.
+                strength = gr.Slider(
+                    0, 1, value=0.0 if default_strength is None else default_strength, step=STRENGTH_STEP,
+                    label="strength (0: faithful, 1: most detail; models with a strength control)", elem_id="strength",
+                )
                 with gr.Row():
                     start = gr.Button("Upscale", variant="primary", elem_id="start")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -156,11 +168,13 @@ def build_app(
                             format="png", type="filepath", interactive=False, elem_classes=["result"],
                         )
 
-        job = start.click(upscale_many, [files, model, tile, color_fix], [results, status, downloads], api_name=False)
+        job = start.click(
+            upscale_many, [files, model, tile, color_fix, strength], [results, status, downloads], api_name=False
+        )
         stop.click(None, cancels=[job])
         api_in = gr.File(visible=False)
         api_out = gr.File(visible=False)
-        api_in.upload(upscale_one, [api_in, model, tile, color_fix], api_out, api_name="upscale")
+        api_in.upload(upscale_one, [api_in, model, tile, color_fix, strength], api_out, api_name="upscale")
     return app
 
 

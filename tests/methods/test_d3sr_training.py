@@ -167,3 +167,15 @@ def test_teacher_distillation_with_a_strength_control_trains_exports_and_upscale
     assert main(["upscale", str(hr_folder / "photo0.png"), "-o", str(tmp_path / "x"), "--model", str(model_dir), "--strength", "2"]) == 2
     with pytest.raises(ValueError, match="no strength control"):
         load_sr_model("bicubic", LoadOptions(strength=0.5))
+    # the page's slider: a copy at another strength shares the weights and equals a model loaded at it
+    from osdsr.inference import upscale_tensor
+    from osdsr.models.sr_model import at_strength
+
+    model, lr = load_sr_model(model_dir), torch.rand(1, 3, 16, 16)
+    moved = at_strength(model, 1.0)
+    assert moved.strength == 1.0 and model.strength == 0.25 and moved.generator is model.generator
+    torch.testing.assert_close(upscale_tensor(moved, lr), upscale_tensor(load_sr_model(model_dir, LoadOptions(strength=1.0)), lr))
+    bicubic = load_sr_model("bicubic")
+    assert at_strength(bicubic, 0.5) is bicubic and at_strength(model, None) is model
+    with pytest.raises(ValueError, match="must be in"):
+        at_strength(model, 1.5)

@@ -19,6 +19,7 @@ All three must be local operators (finite receptive field) so that overlapped ti
 
 from __future__ import annotations
 
+import copy
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -38,3 +39,15 @@ class SRModel(Protocol):
     def decode(self, z_hr: torch.Tensor) -> torch.Tensor: ...
 
     def to(self, *args, **kwargs): ...  # noqa: D102 - device / dtype move like nn.Module
+
+
+def at_strength(model: SRModel, strength: float | None) -> SRModel:
+    """``model`` with its strength control at ``strength`` (a shallow copy sharing the weights; 0 = fidelity,
+    1 = the most detail), or ``model`` itself when it has no strength control or ``strength`` is None."""
+    if strength is None or getattr(model, "strength", None) is None:
+        return model
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1] (0 = faithful, 1 = most detail), got {strength}")
+    moved = copy.copy(model)
+    moved.strength = float(strength)
+    return moved
