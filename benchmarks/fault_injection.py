@@ -6,10 +6,12 @@ code, one error line and no traceback, nothing lost, nothing wrong written. Full
 small tmpfs mounts, so this needs root (Linux); they are unmounted at the end whatever happens.
 
     python benchmarks/fault_injection.py          # writes benchmarks/out/fault_injection.{json,md}
+    python benchmarks/fault_injection.py --cases nan_weights damaged_checkpoint --out /tmp/faults
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -251,21 +253,27 @@ CASES = {
 }
 
 
-def write_table(rows: list[dict]) -> None:
+def write_table(rows: list[dict], out: Path) -> None:
     """The table so far (written after every case, so an interrupted run keeps what it found)."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "fault_injection.json").write_text(json.dumps(rows, indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fault_injection.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["| case | outcome | as expected | s |", "|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['outcome'].replace('|', '/')} | {'yes' if r['passed'] else '**no**'} | {r['seconds']} |" for r in rows]
-    (OUT / "fault_injection.md").write_text("# Fault injection (benchmarks/fault_injection.py)\n\n" + "\n".join(lines) + "\n")
+    (out / "fault_injection.md").write_text("# Fault injection (benchmarks/fault_injection.py)\n\n" + "\n".join(lines) + "\n")
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    by_name = {case.__name__: (title, case) for title, case in CASES.items()}
+    parser.add_argument("--cases", nargs="+", choices=list(by_name), default=list(by_name), metavar="CASE",
+                        help="the cases to run (default: all): " + ", ".join(by_name))
+    parser.add_argument("--out", type=Path, default=OUT, help="folder of fault_injection.{json,md} (default: %(default)s)")
+    args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="osdsr-faults-") as tmp:
         work = Path(tmp)
         hr = photos(work / "hr", 2, size=80)
-        for name, case in CASES.items():
+        for name, case in (by_name[key] for key in args.cases):
             start = time.time()
             try:
                 outcome, passed = case(work, hr)
@@ -273,7 +281,7 @@ def main() -> int:
                 outcome, passed = f"could not run: {type(exc).__name__}: {exc}", False
             rows.append({"case": name, "outcome": outcome, "passed": passed, "seconds": round(time.time() - start, 1)})
             print(f"{'ok ' if passed else 'BAD'} {name}: {outcome}", flush=True)
-            write_table(rows)
+            write_table(rows, args.out)
     return 0 if all(r["passed"] for r in rows) else 1
 
 
