@@ -212,6 +212,7 @@ def measured_run(args: list[str], env: dict[str, str], bar: str | None) -> dict[
             if "started" not in phase and f"{bar}:" in buffer:
                 Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
                 phase["started"] = status_kib(process.pid, "VmRSS") * 1024
+                phase["file_backed"] = status_kib(process.pid, "RssFile") * 1024  # e.g. mmapped weight files
             if "started" in phase and "done" not in phase and re.search(r"\b2/2\b", buffer):
                 phase["done"] = status_kib(process.pid, "VmHWM") * 1024
             if chunk in "\r\n":
@@ -229,6 +230,7 @@ def measured_run(args: list[str], env: dict[str, str], bar: str | None) -> dict[
     if bar is not None:
         result["train_peak_rss"] = phase.get("done", 0.0)
         result["rss_at_train_start"] = phase.get("started", 0.0)
+        result["rss_file_at_train_start"] = phase.get("file_backed", 0.0)
     return result
 
 
@@ -272,7 +274,7 @@ def estimate(method: str, sets: list[str]) -> dict[str, float]:
 
     config = load_run_config(REPO_ROOT / "configs" / f"{method}.yaml", sets)
     e = estimate_training_memory(config)
-    return {"weights": e.weights, "optimizer_state": e.optimizer_state, "step_peak": e.step_peak, "total": e.total}
+    return {"weights": e.weights, "ema": e.ema, "optimizer_state": e.optimizer_state, "step_peak": e.step_peak, "total": e.total}
 
 
 def step_seconds(run_dir: Path) -> float:
@@ -320,6 +322,8 @@ def smoke(method: str, paths: dict[str, Path], precision: str, threads: int, env
         "train_seconds": round(train["seconds"], 1),
         "train_peak_rss": int(train["train_peak_rss"]),
         "process_peak_rss": int(train["peak_rss"]),
+        "rss_at_train_start": int(train["rss_at_train_start"]),
+        "rss_file_at_train_start": int(train["rss_file_at_train_start"]),
         "upscale_seconds": round(upscale["seconds"], 1),
         "upscale_peak_rss": int(upscale["peak_rss"]),
         "upscaled": [p.name for p in upscaled],

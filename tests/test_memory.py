@@ -43,6 +43,22 @@ def test_the_fake_estimate_is_the_count_of_the_real_step(name: str) -> None:
     assert estimate.optimizer_state == pytest.approx(2 * estimate.trainable, rel=0.01)  # AdamW: two moments per weight
 
 
+def test_the_ema_copy_is_counted_when_the_trainer_keeps_one() -> None:
+    """osdsr.train.EMA clones the generator's trainable parameters: that much more, and only with an EMA."""
+    import dataclasses
+
+    from osdsr.train import EMA
+
+    config = tiny("d3sr")
+    without = estimate_training_memory(dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, ema_decay=0.0)))
+    with_ema = estimate_training_memory(dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, ema_decay=0.999)))
+    _, build = methods.resolve_method(config.method)
+    shadow = EMA(build(config).generator, 0.999).shadow
+    assert without.ema == 0
+    assert with_ema.ema == sum(v.numel() * v.element_size() for v in shadow.values()) > 0
+    assert with_ema.total == without.total + with_ema.ema
+
+
 def test_checkpointing_and_bf16_lower_the_estimate() -> None:
     config = tiny("d3sr")
     fp32 = estimate_training_memory(config, batch_size=4)
@@ -61,6 +77,6 @@ def test_complexity_memory_command_reports_four_settings(
     report = json.loads(capsys.readouterr().out)
     assert (report["batch"], report["crop"]) == (1, tiny("resshift").data.crop_size)
     assert list(report["estimates"]) == ["fp32", "fp32 + checkpointing", "bf16", "bf16 + checkpointing"]
-    assert all(e["total"] == e["weights"] + e["step_peak"] for e in report["estimates"].values())
+    assert all(e["total"] == e["weights"] + e["ema"] + e["step_peak"] for e in report["estimates"].values())
     assert main(["complexity", "resshift", "--memory"]) == 2
     assert "add --train" in capsys.readouterr().err

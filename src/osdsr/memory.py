@@ -8,7 +8,7 @@ after the optimisers' state exists, runs on a fake batch, under CPU autocast for
 precision. A dispatch mode counts every tensor storage the steps create, and frees it when the storage
 dies: activations kept for backward, their recomputation under gradient checkpointing, gradients,
 optimiser state, autocast's weight copies and temporaries. The peak of that count plus the weights
-is the estimate; the weights are in the dtypes the trainer keeps them (``osdsr.train.place`` of the
+and the EMA copy of the generator's trainable parameters (``trainer.ema_decay`` > 0) is the estimate; the weights are in the dtypes the trainer keeps them (``osdsr.train.place`` of the
 generator, the discriminator and the method's frozen networks: under mixed precision every frozen
 parameter in the mixed-precision dtype, every trainable one in float32).
 
@@ -51,10 +51,11 @@ class MemoryEstimate:
     trainable: int  # bytes of trainable parameters (included in ``weights``)
     optimizer_state: int  # held between steps (included in ``step_peak``)
     step_peak: int
+    ema: int = 0  # the trainer's EMA copy of the generator's trainable parameters (0 without an EMA)
 
     @property
     def total(self) -> int:
-        return self.weights + self.step_peak
+        return self.weights + self.ema + self.step_peak
 
 
 class ZeroValues(TorchDispatchMode):
@@ -132,6 +133,11 @@ def weight_bytes(modules: list[nn.Module]) -> tuple[int, int]:
             (p.untyped_storage()._cdata, p.untyped_storage().nbytes()) for p in module.parameters() if p.requires_grad
         )
     return sum(weight_storages(modules).values()), sum(trainable.values())
+
+
+def ema_bytes(generator: nn.Module) -> int:
+    """Bytes of ``osdsr.train.EMA``'s shadow: one clone of every trainable parameter."""
+    return sum(p.numel() * p.element_size() for p in generator.parameters() if p.requires_grad)
 
 
 def simulate_step(
@@ -214,13 +220,14 @@ def estimate_training_memory(
             method = FAKE_BUILDERS[config.method](config)
         place_as_trainer(method, trainer.mixed_precision)
         weights, trainable = weight_bytes(method_modules(method))
+        ema = ema_bytes(method.generator) if trainer.ema_decay > 0 else 0
         batch = {
             "lr": torch.rand(trainer.batch_size, 3, crop // SCALE, crop // SCALE),
             "hr": torch.rand(trainer.batch_size, 3, crop, crop),
         }
         with ZeroValues():
             counter = simulate_step(method, batch, mixed, trainer.grad_clip)
-    return MemoryEstimate(weights, trainable, counter.optimizer_state, counter.peak)
+    return MemoryEstimate(weights, trainable, counter.optimizer_state, counter.peak, ema)
 
 
 _MODULE_TO = nn.Module.to
@@ -302,15 +309,15 @@ FAKE_BUILDERS: dict[str, Callable[[Any], Any]] = {
 
 
 def memory_json(estimates: dict[str, MemoryEstimate]) -> dict[str, dict[str, int]]:
-    """``{setting: {"weights", "trainable", "optimizer_state", "step_peak", "total"}}`` in bytes."""
+    """``{setting: {"weights", "trainable", "optimizer_state", "step_peak", "ema", "total"}}`` in bytes."""
     return {name: {**dataclasses.asdict(e), "total": e.total} for name, e in estimates.items()}
 
 
 def format_memory_table(estimates: dict[str, MemoryEstimate]) -> str:
-    """Aligned text table in GiB: weights, optimiser state, the step's peak above the weights, total."""
-    rows = [("setting", "weights", "optimiser", "step peak", "total (GiB)")]
+    """Aligned text table in GiB: weights, EMA copy, optimiser state, the step's peak above them, total."""
+    rows = [("setting", "weights", "EMA", "optimiser", "step peak", "total (GiB)")]
     for name, e in estimates.items():
-        rows.append((name, *(f"{v / GIB:,.2f}" for v in (e.weights, e.optimizer_state, e.step_peak, e.total))))
+        rows.append((name, *(f"{v / GIB:,.2f}" for v in (e.weights, e.ema, e.optimizer_state, e.step_peak, e.total))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
