@@ -286,6 +286,33 @@ def test_strength_weighs_ground_truth_by_1_minus_s_and_the_teacher_by_s() -> Non
     assert timesteps.tolist() == [50, 125, 200, 88]  # round(50 + s * 150)
 
 
+class PerImageDiscriminator(nn.Module):
+    """Image b of the batch gets the logit ``logits[b]`` on every patch (and a second head of 2x it)."""
+
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.logits = torch.tensor(logits)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, image: torch.Tensor, t: torch.Tensor | None) -> list[torch.Tensor]:
+        head = image[:, :1, :4, :4] * 0 + self.logits.view(-1, 1, 1, 1) + self.bias
+        return [head, 2 * head]
+
+
+def test_with_a_strength_control_the_adversarial_term_of_image_b_is_weighted_by_s_b() -> None:
+    """The fidelity end (s = 0) gets no adversarial gradient: per image s_b * Eq. 2, batch mean."""
+    d3sr = method(
+        "generator.strength_timesteps=[50, 200]", "loss.adversarial_weight=0.5", "discriminator.kind=cnn",
+        "loss.edge_weight=0",
+    )
+    judge = PerImageDiscriminator([-0.5, 1.5])
+    terms, cache = generator_step(d3sr, batch(), d3sr.generator, judge, step_generator(0, 0, 0, CPU))
+    s = cache["strength"]
+    eq2 = torch.tensor([math.log(1 + math.exp(0.5)) + math.log(1 + math.exp(1.0)),  # softplus(-l) + softplus(-2l)
+                        math.log(1 + math.exp(-1.5)) + math.log(1 + math.exp(-3.0))])
+    torch.testing.assert_close(terms["adversarial"], 0.5 * (s * eq2).mean())
+
+
 def test_strengths_hit_both_ends_and_the_range_between() -> None:
     d3sr = method("generator.strength_timesteps=[50, 200]", "discriminator.kind=none")
     drawn = torch.cat([d3sr._strengths(64, step_generator(0, k, 0, CPU)) for k in range(4)])

@@ -16,7 +16,7 @@ Ablations are config fields: ``loss.perceptual`` in {mse, lpips, ea-lpips, dists
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -254,10 +254,18 @@ class D3SRMethod:
         if self.perceptual is not None:
             terms["perceptual"] = loss.perceptual_weight * self.perceptual(x_pred, hr)
         if discriminator is not None and loss.adversarial_weight:
-            fake = self._discriminator_input(z_hr_pred, x_hr_pred, rng)
-            realism = 1.0 if strength is None else strength.mean()  # the adversarial term grows with the strength
-            terms["adversarial"] = realism * loss.adversarial_weight * self.g_adv(discriminator(*fake))  # D3SR Eq. 2
+            logits = discriminator(*self._discriminator_input(z_hr_pred, x_hr_pred, rng))
+            terms["adversarial"] = loss.adversarial_weight * self._weighted_adversarial(logits, strength)
         return terms
+
+    def _weighted_adversarial(self, logits: torch.Tensor | Sequence[torch.Tensor], strength: torch.Tensor | None) -> torch.Tensor:
+        """D3SR Eq. 2; with a strength control image b's term is weighted by s_b (batch mean), so the
+        fidelity end (s = 0) is never pushed towards realism."""
+        if strength is None:
+            return self.g_adv(logits)
+        heads = [logits] if isinstance(logits, torch.Tensor) else list(logits)
+        per_image = torch.stack([self.g_adv([head[b : b + 1] for head in heads]) for b in range(len(strength))])
+        return (strength.to(per_image.dtype) * per_image).mean()
 
     def _discriminator_input(
         self, z: torch.Tensor | None, image: torch.Tensor, rng: torch.Generator
