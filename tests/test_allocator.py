@@ -18,6 +18,10 @@ class FakeLibc:
         self.calls.append((parameter, value))
         return 1
 
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("trim", pad))
+        return 1
+
 
 def test_mmap_is_off_and_the_trim_threshold_high(monkeypatch: pytest.MonkeyPatch) -> None:
     libc = FakeLibc()
@@ -32,3 +36,15 @@ def test_other_c_libraries_and_systems_are_left_alone(monkeypatch: pytest.Monkey
     assert not allocator.keep_freed_memory()
     monkeypatch.setattr(sys, "platform", "darwin")
     assert not allocator.keep_freed_memory()
+
+
+def test_release_trims_the_heap_once_and_only_with_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    libc = FakeLibc()
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
+    assert allocator.release_freed_memory()
+    assert libc.calls == [("trim", 0)]
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: object())
+    assert not allocator.release_freed_memory()
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert not allocator.release_freed_memory()

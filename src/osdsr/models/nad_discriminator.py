@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from osdsr.allocator import release_freed_memory
 from osdsr.models.sd_generator import SD21_UNET_CONFIG, lora_targets
 
 if TYPE_CHECKING:
@@ -254,6 +255,8 @@ def build_nad_discriminator(
         unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True, torch_dtype=frozen_dtype)
     encoder = UNetEncoder(unet).requires_grad_(False)
     del unet  # up blocks and output layers are not used
+    if not meta:
+        release_freed_memory()  # else the dropped blocks stay resident (osdsr.allocator)
     with torch.device(device or "cpu"):
         lora = LoraConfig(
             r=config.lora.rank,
