@@ -105,3 +105,14 @@ def test_nonsense_training_settings_are_refused_before_training(override: str, m
 
     with pytest.raises(ValueError, match=message):
         load_run_config(CONFIGS / "d3sr-tiny.yaml", [override])
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_config_loads_and_its_stage_chain_exists(path: Path) -> None:
+    """A renamed stage (configs/default.yaml -> default-v2.yaml) must not leave a dangling ``init_from``."""
+    from osdsr.commands.train import load_run_config
+
+    config = load_run_config(path, [])
+    init = config.trainer.init_from
+    if init is not None:
+        assert (CONFIGS.parent / init).is_file(), f"{path.name}: trainer.init_from {init} does not exist"
