@@ -48,6 +48,7 @@ from osdsr.inference import preferred_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
+SPEED_KEYS = {"fp32": "speed", "bf16": "speed_bf16"}  # report keys of a model's timings
 OUT = REPO / "benchmarks" / "out"
 SEED = 1234
 SPEED_LR = 512  # LR side of the timing case (output 2048x2048)
@@ -296,8 +297,9 @@ def main() -> int:
     models.update({label: args.model for label in strength_rows})
     models.update(dict(item.split("=", 1) for item in args.extra_model))
     threads = torch.get_num_threads()
-    precision = {torch.bfloat16: "bf16", torch.float32: "fp32"}[preferred_dtype("cpu")]
-    machine = f"{platform.machine()}, {threads} threads, osdsr upscale in {precision}"
+    native_bf16 = preferred_dtype("cpu") == torch.bfloat16  # emulated bf16 is slow and run by no one: not timed
+    precisions = ("fp32", "bf16") if native_bf16 else ("fp32",)
+    machine = f"{platform.machine()}, {threads} threads, osdsr upscale in {precisions[-1]}"
     report: dict = {"machine": machine, "seed": SEED, "crop": args.crop,
                     "real_crop": args.real_crop, "models": {}}
     color_fixes = {label: "none" if label == REALESRGAN else "wavelet" for label in models}
@@ -311,14 +313,12 @@ def main() -> int:
             # the light models first, one at a time; then Real-ESRGAN's two long timings run in the
             # background while the quality part runs (their seconds include that competition)
             for label in (label for label in models if label != REALESRGAN and label not in strength_rows):
-                speeds[label]["speed"] = speed(models[label], "fp32", color_fixes[label])
-                if label not in CLASSICAL and precision == "bf16":  # emulated bf16 is slow and run by no one
-                    speeds[label]["speed_bf16"] = speed(models[label], "bf16", color_fixes[label])
+                for dtype in precisions[: 1 if label in CLASSICAL else None]:
+                    speeds[label][SPEED_KEYS[dtype]] = speed(models[label], dtype, color_fixes[label])
             if REALESRGAN in models:
                 speeds[REALESRGAN] = {
-                    key: pool.submit(speed, models[REALESRGAN], dtype, "none", True)
-                    for key, dtype in (("speed", "fp32"), ("speed_bf16", "bf16"))
-                    if dtype == "fp32" or precision == "bf16"
+                    SPEED_KEYS[dtype]: pool.submit(speed, models[REALESRGAN], dtype, "none", True)
+                    for dtype in precisions
                 }
         for label, name in models.items():
             extra = ["--color-fix", color_fixes[label]]
