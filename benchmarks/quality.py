@@ -22,7 +22,7 @@
 
 Writes ``benchmarks/out/quality.json`` and ``benchmarks/out/quality.md``.
 
-    python benchmarks/quality.py [--model default] [--extra-model LABEL=NAME_OR_PATH ...] [--skip-speed] \
+    python benchmarks/quality.py [--model [LABEL=]default] [--extra-model LABEL=NAME_OR_PATH ...] [--skip-speed] \
         [--crop 256] [--real-crop 128] [--skip-realesrgan]
     python benchmarks/quality.py --model runs/resshift-tiny/model --extra-model sinsr=runs/sinsr-tiny/model \
         --output benchmarks/out/distillation   # the tiny teacher (15 steps) and students (1 step)
@@ -274,9 +274,16 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def labelled_model(item: str) -> tuple[str, str]:
+    """``LABEL=NAME_OR_PATH`` -> (label, model); a bare name or path is its own label."""
+    label, _, model = item.rpartition("=")
+    return (label or model, model)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="default", help="the model under test (name or path)")
+    parser.add_argument("--model", default="default", metavar="[LABEL=]NAME_OR_PATH",
+                        help="the model under test (a name or a model folder; LABEL names its rows)")
     parser.add_argument("--extra-model", action="append", default=[], metavar="NAME=PATH", help="more rows")
     parser.add_argument("--skip-speed", action="store_true", help="quality only")
     parser.add_argument("--skip-realesrgan", action="store_true", help="no Real-ESRGAN rows (no ncnn files needed)")
@@ -292,10 +299,11 @@ def main() -> int:
         from realesrgan_release import converted_model
 
         models[REALESRGAN] = str(converted_model())
-    models[args.model] = args.model
-    strength_rows = {f"{args.model} strength {value:g}": value for value in args.strength}
-    models.update({label: args.model for label in strength_rows})
-    models.update(dict(item.split("=", 1) for item in args.extra_model))
+    label, model = labelled_model(args.model)
+    models[label] = model
+    strength_rows = {f"{label} strength {value:g}": value for value in args.strength}
+    models.update({strength_label: model for strength_label in strength_rows})
+    models.update(labelled_model(item) for item in args.extra_model)
     threads = torch.get_num_threads()
     native_bf16 = preferred_dtype("cpu") == torch.bfloat16  # emulated bf16 is slow and run by no one: not timed
     precisions = ("fp32", "bf16") if native_bf16 else ("fp32",)

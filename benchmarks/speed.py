@@ -3,13 +3,14 @@
 One run measures, for a 512x512 photo upscaled to 2048x2048 (``../shared/data/hr``, centre crop; the
 bundled rocket otherwise):
 
-- the machine's fp32 and bf16 matrix-multiply peaks (one big square matmul each);
+- the machine's fp32 and bf16 matrix-multiply peaks (a square matmul each, as large as fits in about a
+  second; emulated bf16 is hundreds of times slower than fp32, and a 4096 side would take minutes);
 - per stage, in process: encode, network (``denoise``), decode, colour fix, the whole
   ``upscale_tensor`` and the PNG write, for the default model in fp32 and bf16 and for the classical
   baselines, with the network's GFLOP/s (FLOPs counted by ``torch.utils.flop_counter``) next to the
   peaks, and the PSNR of the bf16 output against the fp32 output;
 - the colour fix with glibc's default malloc and with ``osdsr.allocator.keep_freed_memory``;
-- per process (subprocesses): ``import torch``, the imports of the upscale path, the model load, and
+- per process (subprocesses, with osdsr's bytecode compiled as a pip install leaves it): ``import torch``, the imports of the upscale path, the model load, and
   the whole ``osdsr upscale`` of a 16x16 and of the 512x512 image, and every ``osdsr CMD --help``.
 
 Times are the best of ``--repeats`` runs: other processes share this CPU and only slow runs down (the
@@ -47,7 +48,8 @@ from osdsr.models.classical import bicubic_upsample
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 512  # LR side: 512 -> 2048
-PEAK_SIDE = 4096  # matmul side for the peaks
+PEAK_SIDES = (512, 1024, 2048, 4096)  # matmul sides tried for the peaks, smallest first
+PEAK_SECONDS = 0.5  # stop growing the side once one matmul takes this long
 PNG_WRITES = ((0, "default"), (1, "default"), (1, "rle"), (1, "huffman"), (3, "default"), (6, "default"), (9, "default"))
 PNG_STRATEGIES = {"default": zlib.Z_DEFAULT_STRATEGY, "rle": zlib.Z_RLE, "huffman": zlib.Z_HUFFMAN_ONLY}
 MODELS = ("default", "default-v1", "bicubic", "lanczos")
@@ -64,10 +66,15 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
     return min(seconds)
 
 
-def matmul_peak(dtype: torch.dtype, repeats: int) -> float:
-    a = torch.randn(PEAK_SIDE, PEAK_SIDE, dtype=dtype)
-    b = torch.randn(PEAK_SIDE, PEAK_SIDE, dtype=dtype)
-    return 2 * PEAK_SIDE**3 / best_of(lambda: a @ b, repeats) / 1e9
+def matmul_peak(dtype: torch.dtype, repeats: int) -> dict:
+    """GFLOP/s of the largest square matmul of ``PEAK_SIDES`` reached before one takes ``PEAK_SECONDS``."""
+    for side in PEAK_SIDES:
+        a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
+        start = time.perf_counter()
+        a @ b
+        if time.perf_counter() - start >= PEAK_SECONDS or side == PEAK_SIDES[-1]:
+            break
+    return {"side": side, "gflops_per_s": 2 * side**3 / best_of(lambda: a @ b, repeats) / 1e9}
 
 
 def test_image() -> np.ndarray:
@@ -81,12 +88,14 @@ def test_image() -> np.ndarray:
     return np.asarray(image.crop((left, top, left + SIZE, top + SIZE)))
 
 
-def in_process(lr: torch.Tensor, repeats: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """Stage times of each model and dtype on ``lr``; also returns the outputs by row name."""
+def in_process(lr: torch.Tensor, repeats: int, native_bf16: bool) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Stage times of each model and dtype on ``lr`` (emulated bf16 once: it is only there to show its cost);
+    also returns the outputs by row name."""
     rows, outputs = [], {}
     for name in MODELS:
         dtypes = (torch.float32, torch.bfloat16) if name in NETWORKS else (torch.float32,)
         for dtype in dtypes:
+            repeats_here = repeats if dtype == torch.float32 or native_bf16 else 1
             model = load_sr_model(name, LoadOptions(dtype=dtype))
             x = lr.to(dtype)
             with torch.inference_mode():
@@ -97,15 +106,15 @@ def in_process(lr: torch.Tensor, repeats: int) -> tuple[list[dict], dict[str, to
                 row = {
                     "model": name,
                     "dtype": str(dtype).removeprefix("torch."),
-                    "encode_s": best_of(lambda: model.encode(x), repeats),
-                    "network_s": best_of(lambda: model.denoise(condition, None), repeats),
-                    "decode_s": best_of(lambda: model.decode(z_hr), repeats),
-                    "color_fix_s": best_of(lambda: wavelet_color_fix(decoded.float(), reference), repeats),
+                    "encode_s": best_of(lambda: model.encode(x), repeats_here),
+                    "network_s": best_of(lambda: model.denoise(condition, None), repeats_here),
+                    "decode_s": best_of(lambda: model.decode(z_hr), repeats_here),
+                    "color_fix_s": best_of(lambda: wavelet_color_fix(decoded.float(), reference), repeats_here),
                 }
                 with FlopCounterMode(display=False) as counter:
                     model.denoise(condition, None)
                 row["network_gflop"] = counter.get_total_flops() / 1e9
-            row["upscale_tensor_s"] = best_of(lambda: upscale_tensor(model, lr, dtype=dtype), repeats)
+            row["upscale_tensor_s"] = best_of(lambda: upscale_tensor(model, lr, dtype=dtype), repeats_here)
             row["network_gflops_per_s"] = row["network_gflop"] / row["network_s"] if row["network_gflop"] else 0.0
             outputs[f"{name} {row['dtype']}"] = upscale_tensor(model, lr, dtype=dtype)
             rows.append(row)
@@ -154,6 +163,11 @@ def run_seconds(argv: list[str]) -> float:
 
 def per_process(small: Path, photo: Path, out: Path, repeats: int) -> dict:
     python = sys.executable
+    # a pip install leaves osdsr's bytecode compiled; an editable one under PYTHONDONTWRITEBYTECODE=1 (as on
+    # this project's machines) would recompile every module in every process (~0.2 s)
+    import osdsr
+
+    subprocess.run([python, "-m", "compileall", "-q", str(Path(osdsr.__file__).parent)], check=True)
     stages = [json.loads(subprocess.run([python, "-c", STAGE_PROBE], check=True, capture_output=True,
                                         text=True).stdout) for _ in range(repeats)]
     result = {key: min(s[key] for s in stages) for key in stages[0]}
@@ -178,15 +192,18 @@ def load() -> str:
 
 
 def markdown(report: dict) -> str:
-    peaks = report["matmul_peak_gflops_per_s"]
+    peaks = report["matmul_peaks"]
     lines = [
         "# Speed of `osdsr upscale` on this CPU (benchmarks/speed.py)",
         "",
         f"CPU: {report['cpu']}, {report['threads']} threads, native bf16: {report['native_bf16']}. "
         f"Load average before / after: {report['load_before']} / {report['load_after']} (the machine is shared; "
-        f"times are the best of {report['repeats']} runs). Input: {report['input']}.",
+        f"times are the best of {report['repeats']} runs; emulated bf16's of 1). Input: {report['input']}.",
         "",
-        f"Matmul peaks ({PEAK_SIDE}x{PEAK_SIDE}): fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s.",
+        "Matmul peaks: " + ", ".join(f"{dtype} {peak['gflops_per_s']:.1f} GFLOP/s ({peak['side']}x{peak['side']})"
+                                     for dtype, peak in peaks.items()) + "."
+        + ("" if report["native_bf16"] else " This CPU has no native bf16: bf16 runs emulated, so its rows show "
+           "why fp32 is chosen here, and a share of the emulated matmul peak would mean nothing."),
         "",
         "## In process, 512x512 -> 2048x2048 (seconds)",
         "",
@@ -194,8 +211,9 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["in_process"]:
-        peak = peaks[row["dtype"]]
-        share = f"{100 * row['network_gflops_per_s'] / peak:.0f}%" if row["network_gflop"] else "-"
+        peak = peaks[row["dtype"]]["gflops_per_s"]
+        emulated = row["dtype"] == "bfloat16" and not report["native_bf16"]
+        share = "-" if not row["network_gflop"] or emulated else f"{100 * row['network_gflops_per_s'] / peak:.0f}%"
         lines.append(
             f"| {row['model']} | {row['dtype']} | {row['encode_s']:.3f} | {row['network_s']:.3f} | {row['decode_s']:.3f} "
             f"| {row['color_fix_s']:.3f} | {row['upscale_tensor_s']:.3f} | {row['network_gflop']:.1f} "
@@ -241,7 +259,7 @@ def main() -> None:
         "repeats": args.repeats,
         "load_before": load(),
     }
-    report["matmul_peak_gflops_per_s"] = {
+    report["matmul_peaks"] = {
         "float32": matmul_peak(torch.float32, args.repeats),
         "bfloat16": matmul_peak(torch.bfloat16, args.repeats),
     }
@@ -254,7 +272,7 @@ def main() -> None:
     malloc["kept_freed_memory"] = keep_freed_memory()
     malloc["kept_s"] = best_of(lambda: wavelet_color_fix(reference, reference), args.repeats)
     report["color_fix_malloc"] = malloc
-    report["in_process"], outputs = in_process(lr, args.repeats)
+    report["in_process"], outputs = in_process(lr, args.repeats, report["native_bf16"])
     report["bf16_psnr_db"] = {
         name: psnr_rgb(outputs[f"{name} bfloat16"].double(), outputs[f"{name} float32"].double()) for name in NETWORKS
     }
