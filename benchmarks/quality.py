@@ -143,7 +143,9 @@ import statistics, sys, time, json
 import numpy as np, torch
 from osdsr.data.image_io import load_image
 from osdsr.inference import upscale_tensor
+from osdsr.allocator import keep_freed_memory
 from osdsr.model_loading import load_sr_model, LoadOptions
+keep_freed_memory()  # as osdsr upscale does (the colour fix's large buffers: benchmarks/out/speed.md)
 path, name, side, runs, tile, dtype_name, color_fix, warm_up = sys.argv[1:9]
 side, runs, tile = int(side), int(runs), int(tile)
 dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
